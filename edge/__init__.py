@@ -1,0 +1,13 @@
+"""edgeseg: an edge deployment kit for nuclei segmentation on portable microscopes.
+
+The top-level package is the torch-free core (readers, preprocessing, post-processing, metrics,
+cards, the zoo). Training lives in ``edgeseg.train``, export in ``edgeseg.export`` and the on-device
+runtime in ``edgeseg.device``.
+"""
+
+from importlib import metadata as _metadata
+
+try:
+    __version__ = _metadata.version("edgeseg")
+except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+src"

@@ -1,0 +1,107 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from edgeseg.cache import build_cache
+from edgeseg.data import find_items
+from edgeseg.preprocess import preprocess
+from edgeseg.train.dataset import NucleiDataset
+from edgeseg.train.losses import bce_dice_loss, soft_dice_loss
+from edgeseg.train.trainer import TrainConfig, Trainer
+
+
+def test_training_tensor_equals_runtime_preprocessing(sample_dir):
+    """Golden test: the cache + dataset path gives exactly the runtime's preprocess() tensor."""
+    from edgeseg.data import load_sample
+
+    items = find_items(sample_dir)
+    cached = build_cache(items, 256, progress=False)
+    ds = NucleiDataset(cached, range(len(items)))
+    for i in (0, 5, 7):  # 256x256, 520x696 and 256x320 originals
+        x, y = ds[i]
+        np.testing.assert_array_equal(x.numpy(), preprocess(load_sample(items[i]).image, 256)[0])
+        assert y.shape == (1, 256, 256)
+
+
+def test_bce_dice_loss_on_hand_made_tensors():
+    target = torch.zeros(1, 1, 2, 2)
+    target[0, 0, 0, 0] = 1
+    perfect = torch.where(target > 0, 20.0, -20.0)
+    assert float(bce_dice_loss(perfect, target)) == pytest.approx(0.0, abs=1e-6)
+    zero = torch.zeros(1, 1, 2, 2)  # p = 0.5 everywhere
+    expected_bce = float(np.log(2))
+    expected_dice = 1 - (2 * 0.5 + 1) / (2.0 + 1 + 1)
+    assert float(soft_dice_loss(zero, target)) == pytest.approx(expected_dice, rel=1e-6)
+    assert float(bce_dice_loss(zero, target)) == pytest.approx(expected_bce + expected_dice, rel=1e-6)
+
+
+def _cfg(sample_dir, out, epochs=2, **kw):
+    return TrainConfig(
+        model="half_unet", data=str(sample_dir), out=str(out), epochs=epochs, batch_size=4, threads=2, **kw
+    )
+
+
+def test_two_epoch_run_writes_checkpoints_log_and_card(sample_dir, tmp_path):
+    out = tmp_path / "run"
+    summary = Trainer(_cfg(sample_dir, out), progress=False).fit()
+    rows = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert set(rows[0]) >= {"epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds"}
+    state = torch.load(out / "best.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    card = json.loads((out / "best.card.json").read_text())
+    assert card["arch"] == "half_unet" and 0.2 <= card["threshold"] <= 0.8
+    assert card["threshold"] == summary["threshold"]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["epochs"] == 2 and cfg["n_train"] + cfg["n_val"] == 8
+
+
+def test_existing_run_is_not_overwritten_without_resume(sample_dir, tmp_path):
+    from edgeseg.errors import EdgesegError
+
+    out = tmp_path / "run"
+    Trainer(_cfg(sample_dir, out, epochs=1), progress=False).fit()
+    with pytest.raises(EdgesegError, match="--resume"):
+        Trainer(_cfg(sample_dir, out, epochs=1), progress=False).fit()
+
+
+def test_resume_after_sigkill_mid_run_continues_from_last_checkpoint(sample_dir, tmp_path):
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgeseg.cli",
+        "train",
+        "half_unet",
+        "--data",
+        str(sample_dir),
+        "--epochs",
+        "4",
+        "--batch-size",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # mid-run: epoch 1 saved, epoch 2 in progress
+    proc.wait()
+    done = [json.loads(ln)["epoch"] for ln in (out / "log.jsonl").read_text().splitlines() if ln.strip()]
+    assert done and done[-1] < 4
+    r = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    epochs = [json.loads(ln)["epoch"] for ln in (out / "log.jsonl").read_text().splitlines() if ln.strip()]
+    assert epochs == [1, 2, 3, 4]
+    ck = torch.load(out / "last.pt", weights_only=True)
+    assert ck["epoch"] == 4 and "optimizer" in ck

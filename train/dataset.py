@@ -1,0 +1,42 @@
+"""A torch Dataset over the preprocessed cache: augment (uint8) -> normalise -> targets."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from edgeseg.cache import CachedSet
+from edgeseg.preprocess import normalise
+from torch.utils.data import Dataset
+
+from .targets import make_targets
+
+
+class NucleiDataset(Dataset):
+    """Entries of one or more cached sets; returns (x float32 3xSxS, y float32 CxSxS).
+
+    ``entries`` is a list of (cached set, entry index) pairs, or, with ``indices``, one cached set.
+    """
+
+    def __init__(
+        self, cached: CachedSet | list, indices=None, augment=None, out_channels: int = 1, normalisation=None
+    ):
+        self.entries = [(cached, i) for i in indices] if indices is not None else list(cached)
+        self.augment = augment
+        self.out_channels = out_channels
+        norm = normalisation or {}
+        self.mean = norm.get("mean", (0.485, 0.456, 0.406))
+        self.std = norm.get("std", (0.229, 0.224, 0.225))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, k: int):
+        cached, i = self.entries[k]
+        image = np.asarray(cached.images[i])
+        labels = np.asarray(cached.labels[i])
+        if self.augment is not None:
+            out = self.augment(image=image, mask=labels)
+            image, labels = out["image"], out["mask"]
+        x = normalise(image, self.mean, self.std)
+        y = make_targets(labels, self.out_channels)
+        return torch.from_numpy(x), torch.from_numpy(y)
