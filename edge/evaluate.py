@@ -88,3 +88,33 @@ def summarise_rows(rows: list[dict]) -> dict:
     if rows:
         out["dice_256"] = float(np.mean([r["dice_256"] for r in rows]))
     return out
+
+
+def postprocess_candidates(out_channels: int, threshold: float) -> list[PostprocessConfig]:
+    """The grid searched on validation: connected components, and watershed variants for a boundary head."""
+    grid = [PostprocessConfig("cc", threshold, min_size=m) for m in (0, 4, 8)]
+    if out_channels > 1:
+        grid += [
+            PostprocessConfig("watershed", threshold, min_size=m, seed_threshold=s, min_seed_size=k)
+            for m in (0, 4)
+            for s in (0.3, 0.5, 0.7)
+            for k in (0, 3, 6)
+        ]
+    else:
+        grid += [PostprocessConfig("watershed", threshold, min_size=4, seed_fraction=f) for f in (0.4, 0.6, 0.8)]
+    return grid
+
+
+def choose_postprocess(
+    predict: Predictor, samples: Sequence[Sample], candidates: Sequence[PostprocessConfig], *, size: int = 256,
+    normalisation=None, key: str = "map",
+) -> tuple[PostprocessConfig, list[dict]]:
+    """The candidate with the best mean ``key`` (DSB mAP by default) on ``samples``; predictions are made once."""
+    probs = [predict_probs(predict, s.image, size, normalisation) for s in samples]
+    scores = []
+    for cfg in candidates:
+        pairs = zip(probs, samples, strict=True)
+        rows = [image_metrics(*postprocess(p, s.labels.shape, cfg), s.labels) for p, s in pairs]
+        scores.append({"postprocess": cfg.to_dict(), **summarise(rows)})
+    best = max(range(len(candidates)), key=lambda i: scores[i][key])
+    return candidates[best], scores

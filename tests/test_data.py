@@ -2,6 +2,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import write_disc_pair
+
 from edgeseg.data import detect_layout, find_items, image_type, load_sample
 from edgeseg.errors import DataError
 

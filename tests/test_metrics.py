@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from edgeseg.metrics import (
     DSB_THRESHOLDS,
     InstanceCounts,

@@ -7,6 +7,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+
 from edgeseg.postprocess import (
     PostprocessConfig,
     connected_components,

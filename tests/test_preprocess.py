@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from edgeseg.errors import DataError
 from edgeseg.preprocess import (
     IMAGENET_MEAN,

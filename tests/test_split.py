@@ -1,6 +1,7 @@
 import json
 
 import pytest
+
 from edgeseg.errors import DataError
 from edgeseg.split import SPLITS_DIR, canonical_split, make_split, select, split_hash
 

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
+
 from edgeseg.cache import build_cache
 from edgeseg.data import find_items
 from edgeseg.preprocess import preprocess

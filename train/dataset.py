@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
+
 from edgeseg.cache import CachedSet
 from edgeseg.preprocess import normalise
-from torch.utils.data import Dataset
 
 from .targets import make_targets
 

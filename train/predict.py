@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from edgeseg.errors import ModelError
 
 from .models import build_model

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
+
 from edgeseg.cache import build_cache
 from edgeseg.card import new_card, write_card
 from edgeseg.data import find_items
@@ -35,7 +37,6 @@ from edgeseg.evaluate import choose_threshold, mean_dice_at
 from edgeseg.fsutil import atomic_path, atomic_write_json
 from edgeseg.preprocess import DEFAULT_NORMALISATION
 from edgeseg.split import make_split, select, split_hash
-from torch.utils.data import DataLoader
 
 from .augment import build_augmentation
 from .dataset import NucleiDataset

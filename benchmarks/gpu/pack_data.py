@@ -19,6 +19,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from edgeseg.data import find_items, load_sample, read_removed
 from edgeseg.preprocess import resize_labels, resize_to
 from edgeseg.split import SPLITS_DIR

@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgeseg.errors import ModelError
+
 from .blocks import IMAGENET_MEAN, IMAGENET_STD, ConvBNAct, InvertedResidual, upsample
 from .registry import register_model
 
@@ -58,7 +60,7 @@ ENCODER_CHANNELS = 1280
 DECODER_CHANNELS: tuple[int, ...] = (256, 128, 64, 32, 16)
 
 
-class EncoderWeightsError(ValueError):
+class EncoderWeightsError(ModelError, ValueError):
     """Encoder weights that cannot be used; the message names the file, the problem and the fix."""
 
 

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from edgeseg.errors import ModelError
+
 ModelFactory = Callable[..., nn.Module]
 
 _MODELS: dict[str, ModelFactory] = {}
@@ -19,7 +21,7 @@ MODEL_INFO: dict[str, str] = {}
 """Model name -> one-line description (first docstring line of its factory)."""
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(ModelError, ValueError):
     """Raised by :func:`build_model` for a name that is not registered."""
 
 

