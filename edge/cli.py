@@ -342,7 +342,12 @@ def _predictor(ref, tta: bool):
 @click.option("--epochs", default=3, show_default=True)
 @user_errors
 def demo(out, epochs) -> None:
-    """Train Fast-SCNN briefly on the bundled sample, then evaluate it (a smoke test of the whole pipeline)."""
+    """Train Fast-SCNN briefly on the bundled sample, then evaluate it beside the shipped zoo model.
+
+    \b
+    Example:
+      edgeseg demo --epochs 3
+    """
     import shutil
 
     from .train.trainer import TrainConfig, Trainer
@@ -358,17 +363,10 @@ def demo(out, epochs) -> None:
     )
     Trainer(cfg).fit()
     ctx = click.get_current_context()
-    ctx.invoke(
-        eval_cmd,
-        model=out,
-        data=str(SAMPLE_DIR),
-        split="all",
-        mask_fixes=None,
-        threshold=None,
-        tta=False,
-        as_json=False,
-        per_image=False,
-    )
+    for model, title in ((out, f"after {epochs} epochs on the sample"), ("fast_scnn", "the shipped zoo model")):
+        click.echo(f"\n== Fast-SCNN, {title}:")
+        ctx.invoke(eval_cmd, model=str(model), data=str(SAMPLE_DIR), split="all", mask_fixes=None, threshold=None,
+                   tta=False, as_json=False, per_image=False)
 
 
 if __name__ == "__main__":
