@@ -20,7 +20,7 @@ from edgeseg.card import library_versions, read_card, write_card
 from edgeseg.data import find_items, load_sample
 from edgeseg.evaluate import choose_postprocess, evaluate, postprocess_candidates
 from edgeseg.postprocess import PostprocessConfig
-from edgeseg.split import select
+from edgeseg.split import select_items
 from edgeseg.train.predict import load_checkpoint, torch_predictor
 from edgeseg.zoo import ZOO_DIR
 
@@ -39,25 +39,20 @@ LICENCES = {
 
 
 def split_samples(dsb: Path, part: str):
-    items = find_items(dsb)
-    names, info = select([it.name for it in items], part)
-    chosen = set(names)
-    return [it for it in items if it.name in chosen], info
+    return select_items(find_items(dsb), part)
 
 
-def tuned_postprocess(model_file: Path, card: dict, dsb: Path) -> dict:
+def tuned_postprocess(predict, card: dict, dsb: Path) -> dict:
     """Choose the post-processing (method and parameters) on the validation split by DSB mAP."""
     items, _ = split_samples(dsb, "val")
-    predict = torch_predictor(load_checkpoint(model_file, card))
-    best, scores = choose_postprocess(
+    best, _ = choose_postprocess(
         predict, [load_sample(it) for it in items], postprocess_candidates(card["out_channels"], card["threshold"]),
         size=card["input_size"][0], normalisation=card["normalisation"])
     return best.to_dict()
 
 
-def test_metrics(model_file: Path, card: dict, dsb: Path) -> dict:
+def test_metrics(predict, card: dict, dsb: Path) -> dict:
     items, info = split_samples(dsb, "test")
-    predict = torch_predictor(load_checkpoint(model_file, card))
     post = PostprocessConfig.from_dict(card["postprocess"])
     res = evaluate(predict, (load_sample(it) for it in items), size=card["input_size"][0],
                    normalisation=card["normalisation"], post=post, progress=True, total=len(items))
@@ -83,8 +78,9 @@ def publish(arch: str, run: Path, half: bool, dsb: Path) -> dict:
     )
     card["data"]["note"] = (".gpu/dsb256 is stage1_train as the 256x256 cache holds it; .gpu/monuseg06 is MoNuSeg "
                             "train+val tiles resized by 0.6 (= monuseg_train@0.6); see benchmarks/gpu/pack_data.py")
-    card["postprocess"] = tuned_postprocess(dst, card, dsb)
-    card["metrics"] = {"val": card["metrics"]["val"], "test": test_metrics(dst, card, dsb)}
+    predict = torch_predictor(load_checkpoint(dst, card))  # the shipped (possibly float16) weights
+    card["postprocess"] = tuned_postprocess(predict, card, dsb)
+    card["metrics"] = {"val": card["metrics"]["val"], "test": test_metrics(predict, card, dsb)}
     write_card(dst, card)
     return card
 

@@ -280,15 +280,12 @@ def eval_cmd(model, data, split, mask_fixes, threshold, tta, as_json, per_image)
     from .data import find_items, load_sample
     from .evaluate import evaluate
     from .postprocess import PostprocessConfig
-    from .split import select
+    from .split import select_items
     from .zoo import resolve_model
 
     ref = resolve_model(model)
     card = ref.card
-    items = find_items(data, mask_fixes)
-    names, info = select([it.name for it in items], split, where=str(data))
-    chosen = set(names)
-    items = [it for it in items if it.name in chosen]
+    items, info = select_items(find_items(data, mask_fixes), split, where=str(data))
     post = PostprocessConfig.from_dict(card.get("postprocess", {"threshold": card.get("threshold", 0.5)}))
     if threshold is not None:
         post.threshold = threshold

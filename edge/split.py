@@ -96,3 +96,10 @@ def select(names: Sequence[str], split: str | None, where: str = "the data folde
         "split_file": split_name,
         "split_hash": split_hash(parts),
     }
+
+
+def select_items(items: Sequence, split: str | None, where: str = "the data folder") -> tuple[list, dict]:
+    """Like :func:`select`, for items with a ``name`` (e.g. ItemRef): the items of ``split``, in order, and info."""
+    names, info = select([it.name for it in items], split, where)
+    chosen = set(names)
+    return [it for it in items if it.name in chosen], info

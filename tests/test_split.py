@@ -53,3 +53,14 @@ def test_sample_folder_defaults_to_all_and_rejects_test(sample_dir):
     with pytest.raises(DataError, match="no canonical split"):
         select(["a", "b"], "test")
     assert select(["a", "b"], None)[1]["split"] == "all"
+
+
+def test_select_items_keeps_the_items_of_the_split_in_order():
+    from types import SimpleNamespace
+
+    from edgeseg.split import select_items
+
+    d = _dsb()
+    items = [SimpleNamespace(name=n) for n in sorted(d["image_types"])]
+    chosen, info = select_items(items, "val")
+    assert [it.name for it in chosen] == sorted(d["val"]) and info["split"] == "val"
