@@ -19,6 +19,7 @@ from .preprocess import DEFAULT_NORMALISATION
 
 CARD_SCHEMA = 1
 CARD_SUFFIX = ".card.json"
+CARD_METADATA_KEY = "edgeseg_card"  # ONNX metadata_props key and OpenVINO rt_info key holding the card JSON
 _LIBS = (
     "edgeseg",
     "numpy",
@@ -74,7 +75,17 @@ def write_card(model_file: str | Path, card: dict) -> Path:
     card = dict(card)
     card["file"] = Path(model_file).name
     card["sha256"] = sha256_file(model_file)
+    weights = _weights_file(model_file)
+    if weights is not None:
+        card["weights_file"] = weights.name
+        card["weights_sha256"] = sha256_file(weights)
     return atomic_write_json(card_path(model_file), card)
+
+
+def _weights_file(model_file: str | Path) -> Path | None:
+    """An OpenVINO ``.xml`` keeps its weights in the ``.bin`` beside it: the card covers both."""
+    p = Path(model_file)
+    return p.with_suffix(".bin") if p.suffix.lower() == ".xml" and p.with_suffix(".bin").exists() else None
 
 
 def read_card(model_file: str | Path, verify: bool = True) -> dict:
@@ -90,4 +101,11 @@ def read_card(model_file: str | Path, verify: bool = True) -> dict:
         raise ModelError(
             f"{Path(model_file).name} does not match the sha256 in its card", "reinstall the model"
         )
+    weights = _weights_file(model_file)
+    if verify and card.get("weights_sha256"):
+        if weights is None:
+            raise ModelError(f"{Path(model_file).name} has lost its weights file {card.get('weights_file')}",
+                             "reinstall the model")
+        if card["weights_sha256"] != sha256_file(weights):
+            raise ModelError(f"{weights.name} does not match the sha256 in its card", "reinstall the model")
     return card

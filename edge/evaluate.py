@@ -45,8 +45,18 @@ def choose_threshold(
     return best[2], best[0]
 
 
+def as_segmenter(predict, *, size: int = 256, normalisation=None, post: PostprocessConfig | None = None):
+    """A Segmenter as is, or a bare predictor wrapped in one that resizes every frame (the paper's protocol)."""
+    from .segmenter import Segmenter
+
+    if isinstance(predict, Segmenter):
+        return predict
+    card = {"input_size": [size, size], "normalisation": normalisation or DEFAULT_NORMALISATION}
+    return Segmenter(predict, card, post=post or PostprocessConfig(), tile="never")
+
+
 def evaluate(
-    predict: Predictor,
+    predict,
     samples: Iterable[Sample],
     *,
     size: int = 256,
@@ -54,24 +64,32 @@ def evaluate(
     post: PostprocessConfig | None = None,
     progress: bool = False,
     total: int | None = None,
+    compare_cc: bool = False,
 ) -> dict:
-    """Score a predictor on samples at their original resolution and at the model size.
+    """Score a Segmenter (or a bare predictor) on samples at their original resolution and at the model size.
 
     Returns {"summary": ..., "per_type": {type: summary}, "images": [rows]}. ``dice_256`` is the
-    paper's figure (per-image mean Dice at 256x256); ``dice`` and every instance metric are at
-    the original resolution, with the model's post-processing.
+    paper's figure (per-image mean Dice with the whole image resized to the input size); ``dice`` and
+    every instance metric are at the original resolution, with the model's post-processing and the
+    Segmenter's scale policy (large frames tiled at the training scale). ``compare_cc`` adds, under
+    ``"cc"``, the instance metrics of plain connected components on the same probabilities.
     """
-    post = post or PostprocessConfig()
+    seg = as_segmenter(predict, size=size, normalisation=normalisation, post=post)
+    post = seg.post
+    cc_post = PostprocessConfig("cc", post.threshold, min_size=post.min_size)
     rows = []
     from tqdm.auto import tqdm
 
     for s in tqdm(samples, total=total, desc="evaluating", unit="img", disable=not progress):
-        probs = predict_probs(predict, s.image, size, normalisation)
-        gt256 = resize_labels(s.labels, size) > 0
+        probs, plan = seg.probabilities(s.image)
         mask, labels = postprocess(probs, s.labels.shape, post)
         row = image_metrics(mask, labels, s.labels)
-        row["dice_256"] = dice(probs[0] > post.threshold, gt256)
-        row.update(name=s.name, image_type=s.image_type)
+        probs256 = probs if not plan["tiled"] and probs.shape[1] == seg.input_size else seg.resized_probs(s.image)
+        row["dice_256"] = dice(probs256[0] > post.threshold, resize_labels(s.labels, seg.input_size) > 0)
+        row.update(name=s.name, image_type=s.image_type, tiled=plan["tiled"], scale=round(plan["scale"], 4))
+        if compare_cc:
+            cc = image_metrics(*postprocess(probs, s.labels.shape, cc_post), s.labels)
+            row["cc"] = {k: cc[k] for k in ("map", "f1_50", "count_err")}
         rows.append(row)
     by_type = defaultdict(list)
     for r in rows:
@@ -87,6 +105,10 @@ def summarise_rows(rows: list[dict]) -> dict:
     out = summarise(rows)
     if rows:
         out["dice_256"] = float(np.mean([r["dice_256"] for r in rows]))
+        out["n_tiled"] = int(sum(bool(r.get("tiled")) for r in rows))
+        if all("cc" in r for r in rows):
+            out["cc"] = {k: v for k, v in summarise([{**r, **r["cc"]} for r in rows]).items()
+                         if k in ("map", "f1_50", "count_mae", "count_bias")}
     return out
 
 
@@ -106,11 +128,13 @@ def postprocess_candidates(out_channels: int, threshold: float) -> list[Postproc
 
 
 def choose_postprocess(
-    predict: Predictor, samples: Sequence[Sample], candidates: Sequence[PostprocessConfig], *, size: int = 256,
+    predict, samples: Sequence[Sample], candidates: Sequence[PostprocessConfig], *, size: int = 256,
     normalisation=None, key: str = "map",
 ) -> tuple[PostprocessConfig, list[dict]]:
-    """The candidate with the best mean ``key`` (DSB mAP by default) on ``samples``; predictions are made once."""
-    probs = [predict_probs(predict, s.image, size, normalisation) for s in samples]
+    """The candidate with the best mean ``key`` (DSB mAP by default) on ``samples``; predictions are made once
+    (through the Segmenter's scale policy when ``predict`` is a Segmenter)."""
+    seg = as_segmenter(predict, size=size, normalisation=normalisation)
+    probs = [seg.probabilities(s.image)[0] for s in samples]
     scores = []
     for cfg in candidates:
         pairs = zip(probs, samples, strict=True)

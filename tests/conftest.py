@@ -43,3 +43,69 @@ def write_disc_pair(folder: Path, name: str, size=(64, 80), centres=((20, 20), (
     mask = (labels > 0).astype(np.uint8) * 255 if binary else labels
     cv2.imwrite(str(folder / "masks" / f"{name}.png"), mask)
     return labels
+
+
+def write_threshold_onnx(path: Path, card: dict | None = None, out_channels: int = 1, size=256, dynamic_hw=False):
+    """A real (tiny) exported model, built with onnx.helper: foreground = sigmoid(8 * (mean(image) - 0.5)).
+
+    A pixel-wise model sees the same thing at every scale, so tiled and untiled inference must agree.
+    The second output (``boundary``) of a two-channel model is the foreground's complement. The card goes
+    into ``metadata_props`` and beside the file, as ``edgeseg export`` does. Returns the path.
+    """
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgeseg.card import CARD_METADATA_KEY, new_card, write_card
+
+    h = w = size
+    if dynamic_hw:
+        h, w = "H", "W"
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["m"], axes=[1], keepdims=1),
+        helper.make_node("Sub", ["m", "half"], ["d"]),
+        helper.make_node("Mul", ["d", "gain"], ["z"]),
+        helper.make_node("Sigmoid", ["z"], ["foreground"]),
+    ]
+    outputs = [helper.make_tensor_value_info("foreground", TensorProto.FLOAT, ["N", 1, h, w])]
+    inits = [
+        helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
+        helper.make_tensor("gain", TensorProto.FLOAT, [], [8.0]),
+    ]
+    if out_channels == 2:
+        nodes.append(helper.make_node("Sub", ["one", "foreground"], ["boundary"]))
+        inits.append(helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]))
+        outputs.append(helper.make_tensor_value_info("boundary", TensorProto.FLOAT, ["N", 1, h, w]))
+    graph = helper.make_graph(
+        nodes, "threshold", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, h, w])], outputs, inits
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    card = new_card(
+        "threshold_test",
+        name=Path(path).stem,
+        format="onnx",
+        out_channels=out_channels,
+        outputs=["foreground", "boundary"][:out_channels],
+        threshold=0.5,
+        postprocess={"method": "cc", "threshold": 0.5, "min_size": 0},
+        training_scale={"median_nucleus_diameter_px": 12.0},
+        **(card or {}),
+    )
+    entry = model.metadata_props.add()
+    entry.key, entry.value = CARD_METADATA_KEY, json.dumps(card)
+    onnx.save(model, str(path))
+    write_card(path, card)
+    return Path(path)
+
+
+def disc_frame(size=(300, 300), diameter=12, spacing=30, bright=230, dark=20):
+    """A synthetic fluorescence frame: a grid of bright discs; returns (uint8 frame, int32 labels)."""
+    labels = np.zeros(size, np.int32)
+    k = 0
+    for y in range(spacing // 2, size[0] - diameter, spacing):
+        for x in range(spacing // 2, size[1] - diameter, spacing):
+            k += 1
+            cv2.circle(labels, (x, y), diameter // 2, k, -1)
+    return np.where(labels > 0, bright, dark).astype(np.uint8), labels

@@ -1,0 +1,283 @@
+"""``Segmenter``: the Python API that the runtime, eval, bench and the INT8 guard all use (torch-free).
+
+    from edgeseg import Segmenter
+    seg = Segmenter.load("fast_scnn-int8")          # a zoo name, or an exported .onnx / .xml file
+    result = seg(frame)                              # any frame: 8/16-bit, mono/RGB/RGBA, any size
+    result.count, result.labels, result.mask, result.timings
+
+Scale policy (``tile="auto"``, the default): a network only knows nuclei of the size it was trained
+on (the card's ``training_scale``, the median nucleus diameter in input pixels). A frame close to the
+input size is resized, as the paper does. A larger frame is first seen whole at the input size; if the
+nuclei found there are much smaller than the training scale (a 1000x1000 40x tissue tile squeezed to
+256x256), the frame is rescaled so its nuclei match the training scale and run as overlapping
+input-size tiles, stitched back with blended seams. ``tile="never"`` always resizes (the paper's
+protocol); ``tile="always"`` always tiles (at the estimated scale, or native scale if there is none).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelError
+from .postprocess import PostprocessConfig, cut_tiles, postprocess, stitch, tile_grid
+from .preprocess import DEFAULT_NORMALISATION, normalise, resize_to, to_rgb8
+
+TILE_MODES = ("auto", "always", "never")
+DEFAULT_TRAINING_DIAMETER = 12.0  # px at the input size: DSB2018 at 256x256 (used when a card has no scale)
+RESIZE_LIMIT = 1.25  # frames whose longer side is at most this many input sizes are always resized
+MIN_SCALE_FRACTION = 1.0  # resize is kept while nuclei stay at least this fraction of the training scale
+MIN_OBJECTS = 3  # a scale estimate needs at least this many nuclei
+TILE_OVERLAP = 32
+MAX_TILES = 64
+
+
+@dataclass
+class Segmentation:
+    mask: np.ndarray  # bool H x W at the frame size
+    labels: np.ndarray  # int32 H x W: 0 background, 1..count
+    count: int
+    probs: np.ndarray  # float32 C x h x w: at the input size, or the stitched map when tiled
+    timings: dict = field(default_factory=dict)  # milliseconds per stage
+    tiled: bool = False
+    scale: float = 1.0  # frame -> network pixels
+    n_tiles: int = 1
+
+
+def _mode(tile) -> str:
+    if tile is True:
+        return "always"
+    if tile is False or tile is None:
+        return "never"
+    if tile not in TILE_MODES:
+        raise ValueError(f"unknown tile mode {tile!r}; use one of: {', '.join(TILE_MODES)}")
+    return tile
+
+
+def median_diameter(labels: np.ndarray) -> float | None:
+    """Median equivalent diameter (px) of the nuclei in a label image, None when there are too few."""
+    areas = np.bincount(labels.ravel())[1:]
+    areas = areas[areas >= 2]
+    if len(areas) < MIN_OBJECTS:
+        return None
+    return float(np.median(np.sqrt(4.0 * areas / np.pi)))
+
+
+class Segmenter:
+    """A predictor plus its card: frame in, nuclei out."""
+
+    def __init__(
+        self,
+        predict,
+        card: dict | None = None,
+        *,
+        threshold: float | None = None,
+        tile="auto",
+        channel: str = "auto",
+        post: PostprocessConfig | None = None,
+        backend_info: dict | None = None,
+        name: str | None = None,
+    ):
+        self.predict = predict
+        self.card = dict(card or {})
+        self.name = name or self.card.get("name", "model")
+        size = self.card.get("input_size", [256, 256])
+        self.input_size = int(size[0] if isinstance(size, list | tuple) else size)
+        norm = self.card.get("normalisation") or DEFAULT_NORMALISATION
+        self.mean, self.std = norm["mean"], norm["std"]
+        if post is None:
+            spec = self.card.get("postprocess")
+            post = PostprocessConfig.from_dict(spec) if spec else PostprocessConfig(
+                threshold=float(self.card.get("threshold", 0.5)))
+        if threshold is not None:
+            post = PostprocessConfig.from_dict({**post.to_dict(), "threshold": float(threshold)})
+        self.post = post
+        self.tile = _mode(tile)
+        self.channel = channel
+        scale = self.card.get("training_scale") or {}
+        self.training_diameter = float(scale.get("median_nucleus_diameter_px") or DEFAULT_TRAINING_DIAMETER)
+        self.backend_info = dict(backend_info or {})
+        self.remember_scale = False  # the runtime sets this: one estimate per frame size, not per frame
+        self._scales: dict[tuple[int, int], float] = {}
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(
+        cls,
+        model: str | Path,
+        *,
+        backend: str = "auto",
+        threads: int | None = None,
+        threshold: float | None = None,
+        tile="auto",
+        channel: str = "auto",
+        verify: bool = True,
+        **backend_options,
+    ) -> Segmenter:
+        """A zoo name or an exported ``.onnx`` / ``.xml`` file -> a ready Segmenter (torch-free)."""
+        from .backends import open_backend, read_embedded_card
+        from .card import card_path, read_card
+        from .zoo import resolve_model
+
+        p = Path(model)
+        if p.is_file() and p.suffix.lower() in (".onnx", ".xml") and not card_path(p).exists():
+            card = read_embedded_card(p)
+            if card is None:
+                raise ModelError(f"{p.name} has no model card beside it or inside it", "export it with edgeseg export")
+            path, fmt = p, "onnx" if p.suffix.lower() == ".onnx" else "openvino"
+        else:
+            ref = resolve_model(model, verify=verify)
+            path, fmt, card = ref.path, ref.format, ref.card
+            if p.is_file() and verify:
+                read_card(p, verify=True)
+        if fmt == "torch":
+            raise ModelError(
+                f"{Path(path).name} is a PyTorch checkpoint; the runtime reads exported files",
+                f"use an exported zoo variant (e.g. {card.get('arch', 'fast_scnn')}-int8) or run "
+                "`edgeseg export` (needs edgeseg[export])",
+            )
+        be = open_backend(path, backend, threads, **backend_options)
+        size = card.get("input_size", [256, 256])
+        expected = (3, int(size[0]), int(size[1]))
+        got = tuple(be.input_shape[1:])
+        if any(g > 0 and g != e for g, e in zip(got, expected, strict=True)):
+            raise ModelError(
+                f"{Path(path).name} takes input {be.input_shape} but its card says {[1, *expected]}",
+                "re-export the model so the file and its card match",
+            )
+        n_out = int(card.get("out_channels", 1))
+        if len(be.output_names) != n_out:
+            raise ModelError(
+                f"{Path(path).name} has {len(be.output_names)} outputs but its card says {n_out}",
+                "re-export the model so the file and its card match",
+            )
+        info = {"model": card.get("name", Path(path).stem), "path": str(path), "format": fmt,
+                "precision": card.get("precision", "fp32"), **be.info()}
+        seg = cls(be, card, threshold=threshold, tile=tile, channel=channel, backend_info=info)
+        seg.backend = be
+        return seg
+
+    @property
+    def info(self) -> dict:
+        """What runs: model, backend, precision (of the file) and executed precision, threads."""
+        out = {"model": self.name, "precision": self.card.get("precision", "fp32"),
+               "backend": "custom", "executed_precision": self.card.get("precision", "fp32"), "threads": None}
+        out.update(self.backend_info)
+        out["tile"] = self.tile
+        return out
+
+    # ------------------------------------------------------------------ inference
+
+    def _infer(self, rgb_tiles: list[np.ndarray]) -> np.ndarray:
+        x = normalise(np.stack(rgb_tiles), self.mean, self.std)
+        return np.asarray(self.predict(x), np.float32)
+
+    def resized_probs(self, frame: np.ndarray, order: str = "rgb") -> np.ndarray:
+        """The paper's protocol: the whole frame resized to the input size -> C x S x S probabilities."""
+        rgb = to_rgb8(frame, self.channel, order)
+        return self._infer([resize_to(rgb, self.input_size)])[0]
+
+    def probabilities(self, frame: np.ndarray, order: str = "rgb") -> tuple[np.ndarray, dict]:
+        """Frame -> (probabilities C x h x w, plan) following the scale policy; the plan says what ran."""
+        t0 = time.perf_counter()
+        rgb = to_rgb8(frame, self.channel, order)
+        h, w = rgb.shape[:2]
+        s = self.input_size
+        ms = {"preprocess": 0.0, "inference": 0.0}
+        plan = {"tiled": False, "scale": s / max(h, w), "n_tiles": 1, "estimated_diameter_px": None}
+        coarse = None
+        scale = None  # None: resize the whole frame; a float: tiles of the frame rescaled by it
+        known = self._scales.get((h, w)) if self.remember_scale else None
+        if known is not None:
+            scale = known or None
+        elif self.tile == "always" or (self.tile == "auto" and max(h, w) > RESIZE_LIMIT * s):
+            t1 = time.perf_counter()
+            small = resize_to(rgb, s)
+            ms["preprocess"] += (time.perf_counter() - t1) * 1e3
+            t1 = time.perf_counter()
+            coarse = self._infer([small])[0]
+            ms["inference"] += (time.perf_counter() - t1) * 1e3
+            scale, diameter = self._choose_scale(coarse, h, w)
+            if diameter is not None:
+                plan["estimated_diameter_px"] = diameter
+                if self.remember_scale:
+                    self._scales[(h, w)] = scale or 0.0
+        if scale is None:
+            if coarse is None:
+                t1 = time.perf_counter()
+                small = resize_to(rgb, s)
+                ms["preprocess"] += (time.perf_counter() - t1) * 1e3
+                t1 = time.perf_counter()
+                coarse = self._infer([small])[0]
+                ms["inference"] += (time.perf_counter() - t1) * 1e3
+            probs = coarse
+        else:
+            probs, n_tiles = self._tiled(rgb, scale, ms)
+            if known is None:  # refine once: the coarse view merges and misses nuclei, the tiles see them
+                better = self._refined_scale(probs, scale, h, w)
+                if better is not None:
+                    scale = better
+                    probs, n_tiles = self._tiled(rgb, scale, ms)
+                    if self.remember_scale:
+                        self._scales[(h, w)] = scale
+            plan.update(tiled=True, scale=scale, n_tiles=n_tiles)
+        plan["timings"] = ms
+        plan["total_ms"] = (time.perf_counter() - t0) * 1e3
+        return probs, plan
+
+    def _tiled(self, rgb: np.ndarray, scale: float, ms: dict) -> tuple[np.ndarray, int]:
+        """The frame rescaled by ``scale``, cut into overlapping input-size tiles, run, stitched."""
+        s = self.input_size
+        h, w = rgb.shape[:2]
+        t1 = time.perf_counter()
+        sh, sw = max(round(h * scale), 1), max(round(w * scale), 1)
+        scaled = rgb if (sh, sw) == (h, w) else resize_to(rgb, (sh, sw))
+        grid = tile_grid(sh, sw, s, TILE_OVERLAP)
+        tiles = cut_tiles(scaled, grid, s)
+        ms["preprocess"] += (time.perf_counter() - t1) * 1e3
+        t1 = time.perf_counter()
+        tile_probs = self._infer(tiles)
+        ms["inference"] += (time.perf_counter() - t1) * 1e3
+        t1 = time.perf_counter()
+        probs = stitch(tile_probs, grid, (sh, sw), s, TILE_OVERLAP)
+        ms["preprocess"] += (time.perf_counter() - t1) * 1e3
+        return probs, len(grid)
+
+    def _refined_scale(self, probs: np.ndarray, scale: float, h: int, w: int) -> float | None:
+        """A better tile scale from the nuclei seen in the tiles, or None when ``scale`` is within 20 %."""
+        diameter = median_diameter(postprocess(probs, probs.shape[1:], self.post)[1])
+        if diameter is None:
+            return None
+        better = min(1.0, scale * self.training_diameter / diameter)
+        n_tiles = len(tile_grid(max(round(h * better), 1), max(round(w * better), 1), self.input_size, TILE_OVERLAP))
+        if n_tiles > MAX_TILES:
+            better *= (MAX_TILES / n_tiles) ** 0.5
+        return better if abs(better / scale - 1.0) > 0.2 else None
+
+    def _choose_scale(self, coarse: np.ndarray, h: int, w: int) -> tuple[float | None, float | None]:
+        """From the whole frame seen at the input size: (tile scale or None to keep the resize, frame diameter)."""
+        s = self.input_size
+        diameter = median_diameter(postprocess(coarse, (s, s), self.post)[1])
+        squeeze = (s / h * s / w) ** 0.5  # frame -> input pixels when the frame is squeezed to S x S
+        if diameter is not None and self.tile == "auto" and diameter >= MIN_SCALE_FRACTION * self.training_diameter:
+            return None, diameter / squeeze  # nuclei are big enough at the input size: keep the resize
+        if diameter is None:
+            scale = 1.0  # nothing found at the input size: look at native scale
+        else:
+            scale = min(1.0, self.training_diameter * squeeze / diameter)
+        n_tiles = len(tile_grid(max(round(h * scale), 1), max(round(w * scale), 1), s, TILE_OVERLAP))
+        if n_tiles > MAX_TILES:  # keep the work bounded on huge frames
+            scale *= (MAX_TILES / n_tiles) ** 0.5
+        return scale, (diameter / squeeze if diameter is not None else None)
+
+    def __call__(self, frame: np.ndarray, order: str = "rgb") -> Segmentation:
+        probs, plan = self.probabilities(frame, order)
+        t1 = time.perf_counter()
+        mask, labels = postprocess(probs, frame.shape[:2], self.post)
+        timings = dict(plan["timings"], postprocess=(time.perf_counter() - t1) * 1e3)
+        return Segmentation(mask, labels, int(labels.max(initial=0)), probs, timings,
+                            plan["tiled"], plan["scale"], plan["n_tiles"])

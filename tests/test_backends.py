@@ -1,0 +1,98 @@
+import json
+
+import numpy as np
+import pytest
+from conftest import write_threshold_onnx
+
+from edgeseg.backends import available_backends, open_backend, read_embedded_card
+from edgeseg.errors import ModelError
+from edgeseg.preprocess import preprocess
+
+
+def _frame():
+    img = np.full((256, 256), 20, np.uint8)
+    img[100:150, 60:120] = 230
+    return img
+
+
+def test_both_backends_give_the_same_probabilities_in_contract_order(tmp_path):
+    path = write_threshold_onnx(tmp_path / "m.onnx", out_channels=2)
+    x = preprocess(_frame())
+    outs = {}
+    for name in ("onnxruntime", "openvino"):
+        be = open_backend(path, name, threads=1, **({"inference_precision": "fp32"} if name == "openvino" else {}))
+        assert be.output_names == ["foreground", "boundary"]
+        outs[name] = be(x)
+        assert outs[name].shape == (1, 2, 256, 256)
+    np.testing.assert_allclose(outs["onnxruntime"], outs["openvino"], atol=1e-5)
+    fg, boundary = outs["onnxruntime"][0]
+    assert fg[120, 90] > 0.99 and fg[10, 10] < 0.01  # bright square vs dark background
+    np.testing.assert_allclose(fg + boundary, 1.0, atol=1e-6)
+
+
+def test_a_batch_of_two_frames_gives_two_results(tmp_path):
+    path = write_threshold_onnx(tmp_path / "m.onnx")
+    be = open_backend(path, threads=1)
+    x = np.concatenate([preprocess(_frame()), preprocess(255 - _frame())])
+    y = be(x)
+    assert y.shape == (2, 1, 256, 256)
+    assert y[0, 0, 120, 90] > 0.99 and y[1, 0, 120, 90] < 0.01
+
+
+def test_executed_precision_is_read_back(tmp_path):
+    path = write_threshold_onnx(tmp_path / "m.onnx")
+    assert open_backend(path, "onnxruntime").executed_precision == "fp32"
+    ov_forced = open_backend(path, "openvino", inference_precision="fp32")
+    assert ov_forced.executed_precision == "fp32"
+    ov_default = open_backend(path, "openvino")
+    assert ov_default.executed_precision in ("fp32", "bf16", "fp16")  # bf16 on AMX CPUs, fp16 on ARM
+    assert ov_default.info()["inference_precision_hint"] == ov_default.executed_precision
+
+
+def test_embedded_card_reads_back_from_onnx_and_openvino(tmp_path):
+    import openvino as ov
+
+    from edgeseg.card import CARD_METADATA_KEY
+
+    path = write_threshold_onnx(tmp_path / "m.onnx", card={"precision": "fp32"})
+    assert read_embedded_card(path)["name"] == "m"
+    model = ov.convert_model(str(path))
+    model.set_rt_info(json.dumps({"name": "m-ov"}), CARD_METADATA_KEY)
+    ov.save_model(model, str(tmp_path / "m-ov.xml"))
+    assert read_embedded_card(tmp_path / "m-ov.xml") == {"name": "m-ov"}
+    assert open_backend(tmp_path / "m-ov.xml").name == "openvino"  # .xml -> openvino under "auto"
+
+
+def test_wrong_input_shape_is_a_model_error(tmp_path):
+    be = open_backend(write_threshold_onnx(tmp_path / "m.onnx"), threads=1)
+    with pytest.raises(ModelError, match=r"expects input \(-1, 3, 256, 256\)"):
+        be(np.zeros((1, 3, 128, 128), np.float32))
+
+
+@pytest.mark.parametrize(
+    "name, backend, message",
+    [
+        ("missing.onnx", "auto", "not found"),
+        ("m.onnx", "tensorrt", "unknown backend"),
+        ("m.xml", "onnxruntime", "cannot run the OpenVINO file"),
+        ("m.pt", "auto", "not an exported model"),
+    ],
+)
+def test_bad_backend_requests_are_one_line_model_errors(tmp_path, name, backend, message):
+    write_threshold_onnx(tmp_path / "m.onnx")
+    (tmp_path / "m.xml").write_text("<net/>")
+    (tmp_path / "m.pt").write_bytes(b"x")
+    with pytest.raises(ModelError, match=message) as info:
+        open_backend(tmp_path / name, backend)
+    assert "\n" not in str(info.value)
+
+
+def test_corrupt_onnx_file_is_a_model_error(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07 not a protobuf")
+    with pytest.raises(ModelError, match="cannot load"):
+        open_backend(bad, "onnxruntime")
+
+
+def test_available_backends_lists_the_installed_runtimes():
+    assert set(available_backends()) == {"onnxruntime", "openvino"}

@@ -1,0 +1,129 @@
+import numpy as np
+import pytest
+from conftest import disc_frame, write_threshold_onnx
+
+from edgeseg import Segmenter
+from edgeseg.backends import open_backend
+from edgeseg.card import write_card
+from edgeseg.errors import ModelError
+from edgeseg.postprocess import PostprocessConfig, postprocess
+from edgeseg.preprocess import preprocess
+
+
+@pytest.fixture
+def model(tmp_path):
+    return write_threshold_onnx(tmp_path / "disc-fp32.onnx", dynamic_hw=False)
+
+
+def test_segmenter_counts_the_discs_of_a_frame_near_the_input_size(model):
+    frame, labels = disc_frame((300, 300), diameter=12, spacing=30)
+    seg = Segmenter.load(model, threads=1)
+    result = seg(frame)
+    assert not result.tiled
+    assert result.count == labels.max() == 100
+    assert result.mask.shape == frame.shape and result.labels.dtype == np.int32
+    assert set(result.timings) == {"preprocess", "inference", "postprocess"}
+    assert seg.info["backend"] == "onnxruntime" and seg.info["model"] == "disc-fp32"
+
+
+def test_default_mode_tiles_a_large_frame_at_the_training_scale(model):
+    frame, labels = disc_frame((1000, 1000), diameter=24, spacing=50)  # nuclei twice the training scale (12 px)
+    seg = Segmenter.load(model, threads=1)
+    result = seg(frame)
+    assert result.tiled and result.n_tiles > 1
+    assert result.scale == pytest.approx(0.5, rel=0.2)
+    assert result.count == labels.max()
+    resized = Segmenter.load(model, threads=1, tile="never")(frame)
+    assert not resized.tiled and resized.scale == pytest.approx(0.256)
+
+
+def test_tiled_inference_finds_the_same_nuclei_as_untiled_inference(tmp_path):
+    path = write_threshold_onnx(tmp_path / "dyn.onnx", dynamic_hw=True)
+    frame, labels = disc_frame((700, 600), diameter=12, spacing=33)
+    seg = Segmenter.load(path, threads=1, tile="always")  # discs at the training scale: tiles at native scale
+    tiled = seg(frame)
+    assert tiled.tiled and tiled.scale == 1.0 and tiled.n_tiles == 9
+    whole = open_backend(path, threads=1)(preprocess(frame, frame.shape[:2]))[0]  # one pass over the frame
+    np.testing.assert_allclose(tiled.probs, whole, atol=1e-5)  # no seams
+    _, whole_labels = postprocess(whole, frame.shape, seg.post)
+    assert tiled.count == whole_labels.max() == labels.max()
+    assert np.array_equal(tiled.labels > 0, whole_labels > 0)
+
+
+def test_any_frame_format_gives_the_same_count(model):
+    frame, labels = disc_frame((256, 256))
+    seg = Segmenter.load(model, threads=1)
+    rgba = np.dstack([frame, frame, frame, np.full_like(frame, 255)])
+    for f in (frame, frame.astype(np.uint16) * 257, np.dstack([frame] * 3), rgba):
+        assert seg(f).count == labels.max()
+
+
+def test_runtime_mode_estimates_the_scale_once_per_frame_size(model):
+    frame, _ = disc_frame((1000, 1000), diameter=24, spacing=50)
+    backend = open_backend(model, threads=1)
+    calls = []
+
+    def predict(x):
+        calls.append(len(x))
+        return backend(x)
+
+    seg = Segmenter(predict, backend_card(model), tile="auto")
+    seg.remember_scale = True
+    first = seg(frame)
+    n_first = len(calls)
+    second = seg(frame)
+    assert first.count == second.count and second.tiled
+    assert len(calls) - n_first == 1  # the second frame: one batch of tiles, no coarse pass, no refinement
+    assert n_first >= 2
+
+
+def backend_card(path):
+    from edgeseg.card import read_card
+
+    return read_card(path)
+
+
+def test_threshold_override_changes_the_postprocessing(model):
+    seg = Segmenter.load(model, threads=1, threshold=0.9)
+    assert seg.post.threshold == 0.9 and seg.post.method == "cc"
+
+
+def test_file_that_does_not_match_its_card_is_refused(model):
+    data = bytearray(model.read_bytes())
+    data[-3] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="does not match the sha256"):
+        Segmenter.load(model)
+
+
+def test_output_count_must_match_the_card(tmp_path):
+    path = write_threshold_onnx(tmp_path / "m.onnx", out_channels=1)
+    from edgeseg.card import read_card
+
+    write_card(path, {**read_card(path), "out_channels": 2})
+    with pytest.raises(ModelError, match="has 1 outputs but its card says 2"):
+        Segmenter.load(path)
+
+
+def test_input_size_must_match_the_card(tmp_path):
+    path = write_threshold_onnx(tmp_path / "m.onnx", size=128)
+    from edgeseg.card import read_card
+
+    write_card(path, {**read_card(path), "input_size": [256, 256]})
+    with pytest.raises(ModelError, match="takes input"):
+        Segmenter.load(path)
+
+
+def test_a_pytorch_checkpoint_points_to_the_exported_variant(tmp_path):
+    pt = tmp_path / "fast_scnn.pt"
+    pt.write_bytes(b"weights")
+    write_card(pt, {"name": "fast_scnn", "arch": "fast_scnn"})
+    with pytest.raises(ModelError, match="fast_scnn-int8"):
+        Segmenter.load(pt)
+
+
+def test_a_bare_predictor_wrapped_with_a_watershed_card(tmp_path):
+    frame, labels = disc_frame((256, 256), diameter=14, spacing=14)  # touching discs in rows
+    card = {"input_size": [256, 256], "postprocess": PostprocessConfig("watershed", 0.5, min_size=4).to_dict()}
+    seg = Segmenter(lambda x: 1 / (1 + np.exp(-8 * (x.mean(1, keepdims=True) - 0.5))), card)
+    assert seg(frame).count > 1
