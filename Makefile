@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv clean pi-wheels
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/edgeseg demo
+	$(BIN)/edgeseg run
 
 test: $(STAMP)
 	$(BIN)/ruff check .
@@ -25,6 +25,10 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# Raspberry Pi OS Bookworm (Python 3.11, aarch64): the base install resolves from binary wheels only (needs the index)
+pi-wheels: $(STAMP)
+	PY=$(BIN)/python bash .ci/check_pi_wheels.sh aarch64 x86_64
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -7,9 +7,10 @@
 
 Scale policy (``tile="auto"``, the default): a network only knows nuclei of the size it was trained
 on (the card's ``training_scale``, the median nucleus diameter in input pixels). A frame close to the
-input size is resized, as the paper does. A larger frame is first seen whole at the input size; if the
-nuclei found there are much smaller than the training scale (a 1000x1000 40x tissue tile squeezed to
-256x256), the frame is rescaled so its nuclei match the training scale and run as overlapping
+input size is resized, as the paper does; a smaller one is padded at native scale, not enlarged (then
+rescaled once if its nuclei are far from the training scale). A larger frame is first seen whole at the
+input size; if the nuclei found there are smaller than the training scale (a 1000x1000 40x tissue tile
+squeezed to 256x256), the frame is rescaled so its nuclei match the training scale and run as overlapping
 input-size tiles, stitched back with blended seams. ``tile="never"`` always resizes (the paper's
 protocol); ``tile="always"`` always tiles (at the estimated scale, or native scale if there is none).
 """
@@ -194,6 +195,8 @@ class Segmenter:
         known = self._scales.get((h, w)) if self.remember_scale else None
         if known is not None:
             scale = known or None
+        elif self.tile == "auto" and max(h, w) < s:
+            scale = 1.0  # a frame smaller than the input is padded at native scale, not enlarged (nuclei would swell)
         elif self.tile == "always" or (self.tile == "auto" and max(h, w) > RESIZE_LIMIT * s):
             t1 = time.perf_counter()
             small = resize_to(rgb, s)

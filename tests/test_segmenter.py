@@ -127,3 +127,12 @@ def test_a_bare_predictor_wrapped_with_a_watershed_card(tmp_path):
     card = {"input_size": [256, 256], "postprocess": PostprocessConfig("watershed", 0.5, min_size=4).to_dict()}
     seg = Segmenter(lambda x: 1 / (1 + np.exp(-8 * (x.mean(1, keepdims=True) - 0.5))), card)
     assert seg(frame).count > 1
+
+
+def test_a_frame_smaller_than_the_input_is_padded_not_enlarged(model):
+    frame, labels = disc_frame((130, 130), diameter=12, spacing=26)  # nuclei already at the training scale
+    result = Segmenter.load(model, threads=1)(frame)
+    assert result.tiled and result.scale == 1.0 and result.n_tiles == 1
+    assert result.count == labels.max()
+    enlarged = Segmenter.load(model, threads=1, tile="never")(frame)
+    assert enlarged.scale == pytest.approx(256 / 130)

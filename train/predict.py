@@ -46,3 +46,13 @@ def torch_predictor(model: torch.nn.Module, tta: bool = False):
         return p.numpy()
 
     return predict
+
+
+def torch_segmenter(ref, *, tta: bool = False, tile="auto", threshold: float | None = None):
+    """A :class:`edgeseg.segmenter.Segmenter` over a PyTorch checkpoint (``ref`` from ``edgeseg.zoo.resolve_model``),
+    so that eval, bench and the INT8 guard score checkpoints and exported files through the same path."""
+    from edgeseg.segmenter import Segmenter
+
+    predict = torch_predictor(load_checkpoint(ref.path, ref.card), tta=tta)
+    info = {"model": ref.name, "backend": "torch", "executed_precision": "fp32", "path": str(ref.path)}
+    return Segmenter(predict, ref.card, threshold=threshold, tile=tile, backend_info=info, name=ref.name)
