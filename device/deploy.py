@@ -132,6 +132,7 @@ def systemd_unit(
             "Restart=on-failure",
             "RestartSec=5",
             "KillSignal=SIGTERM",
+            "SuccessExitStatus=143",  # edgeseg run exits 143 after a clean SIGTERM stop: not a failure
             "TimeoutStopSec=30",
             "",
             "[Install]",

@@ -168,6 +168,7 @@ def test_systemd_unit_runs_headless_at_boot_and_restarts_on_failure():
     lines = unit.splitlines()
     assert "User=pi" in lines and "Restart=on-failure" in lines and "WantedBy=multi-user.target" in lines
     assert "StartLimitIntervalSec=0" in lines  # a camera not ready at boot keeps being retried
+    assert "SuccessExitStatus=143" in lines  # `systemctl stop` (SIGTERM, clean exit 143) is not a failure
     assert (
         'ExecStart=/home/pi/edgeseg/venv/bin/edgeseg run --bundle /home/pi/edgeseg/bundle --no-display '
         '--log "run 100%%.jsonl" --threshold 0.4'
