@@ -1,0 +1,167 @@
+"""PyTorch checkpoint -> ONNX (FP32), with the sigmoid inside the graph and the model card embedded.
+
+The exported graph follows the contract of :mod:`edgeseg.backends`: one input ``image`` (float32
+N x 3 x S x S, the output of :func:`edgeseg.preprocess.preprocess`; the batch may be dynamic), and
+probability outputs ``foreground`` (N x 1 x S x S) and, for a two-channel model, ``boundary``.
+The card travels in ``metadata_props["edgeseg_card"]``.
+
+:func:`logit_parity` is the check that follows the conversion: the largest |logit difference| between
+PyTorch and ONNX Runtime on real images (the logits are the sigmoid's input, read from the same graph).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from edgeseg.card import CARD_METADATA_KEY
+from edgeseg.errors import ModelError
+
+OPSET = 17
+INPUT_NAME = "image"
+CHANNEL_NAMES = ("foreground", "boundary")
+PARITY_TOLERANCE = 1e-4
+
+
+def output_names(card: dict) -> list[str]:
+    """The graph's output names for a card: its "outputs", or one name per output channel."""
+    n = int(card.get("out_channels", 1))
+    names = list(card.get("outputs") or CHANNEL_NAMES[:n])
+    if len(names) != n:
+        raise ModelError(
+            f"card lists {len(names)} outputs for {n} output channels", "fix the card's outputs/out_channels"
+        )
+    return names
+
+
+class Probabilities(nn.Module):
+    """A network's logits -> sigmoid probabilities, one output tensor per channel."""
+
+    def __init__(self, net: nn.Module, channels: int):
+        super().__init__()
+        self.net = net
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor):
+        p = torch.sigmoid(self.net(x))
+        if self.channels == 1:
+            return p
+        return tuple(p[:, i : i + 1] for i in range(self.channels))
+
+
+def embedded_card(card: dict) -> str:
+    """The card JSON that goes inside a model file (without "file"/"sha256", which describe the file itself)."""
+    return json.dumps({k: v for k, v in card.items() if k not in ("file", "sha256")}, sort_keys=False)
+
+
+def set_onnx_card(model: onnx.ModelProto, card: dict) -> onnx.ModelProto:
+    """Put the card into ``metadata_props`` (replacing an earlier one)."""
+    props = {p.key: p.value for p in model.metadata_props if p.key != CARD_METADATA_KEY}
+    props[CARD_METADATA_KEY] = embedded_card(card)
+    onnx.helper.set_model_props(model, props)
+    return model
+
+
+def read_onnx_card(path: str | Path) -> dict | None:
+    """The card embedded in an ONNX file, or None."""
+    model = onnx.load(str(path), load_external_data=False)
+    for p in model.metadata_props:
+        if p.key == CARD_METADATA_KEY:
+            return json.loads(p.value)
+    return None
+
+
+def torch_to_onnx(
+    net: nn.Module,
+    card: dict,
+    out_path: str | Path,
+    *,
+    opset: int = OPSET,
+    dynamic_batch: bool = True,
+) -> Path:
+    """Export ``net`` (logits) to ``out_path`` as an FP32 ONNX graph with probabilities out and the card inside.
+
+    Uses the TorchScript-based exporter (``dynamo=False``), which exports all three zoo networks to plain
+    static graphs. ``out_path`` is written in place: callers write into a temporary folder.
+    """
+    if opset < 17:
+        raise ModelError(f"ONNX opset {opset} is too old", "use opset 17 or newer")
+    names = output_names(card)
+    size = [int(s) for s in card.get("input_size", (256, 256))]
+    wrapper = Probabilities(net.eval(), len(names)).eval()
+    dummy = torch.zeros(1, 3, *size)
+    axes = {n: {0: "batch"} for n in [INPUT_NAME, *names]} if dynamic_batch else None
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
+        torch.onnx.export(
+            wrapper,
+            (dummy,),
+            str(out_path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=names,
+            dynamic_axes=axes,
+            do_constant_folding=True,
+        )
+    model = onnx.load(str(out_path))
+    onnx.checker.check_model(model)
+    set_onnx_card(model, card)
+    onnx.save(model, str(out_path))
+    return Path(out_path)
+
+
+def sigmoid_inputs(model: onnx.ModelProto) -> list[str]:
+    """The tensors that feed the graph's final Sigmoid nodes (the logits), in output order."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    found: list[str] = []
+    for out in model.graph.output:
+        node = producers.get(out.name)
+        while node is not None and node.op_type != "Sigmoid":
+            node = producers.get(node.input[0]) if node.input else None
+        if node is None:
+            raise ModelError(f"output {out.name!r} does not come from a Sigmoid", "export with edgeseg export")
+        if node.input[0] not in found:
+            found.append(node.input[0])
+    return found
+
+
+def logit_parity(net: nn.Module, onnx_path: str | Path, x: np.ndarray) -> dict:
+    """Compare PyTorch with ONNX Runtime on a batch ``x``: max |logit diff| and max |probability diff|.
+
+    The logits are read from the exported graph itself (the Sigmoid's input is added as an extra output of
+    an in-memory copy), so the check covers the very file that ships.
+    """
+    import onnxruntime as ort
+
+    model = onnx.load(str(onnx_path))
+    logit_names = sigmoid_inputs(model)
+    prob_names = [o.name for o in model.graph.output]
+    for name in logit_names:
+        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref_logits = net.eval()(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
+    ref_probs = 1 / (1 + np.exp(-ref_logits.astype(np.float64)))
+    got_logits, got_probs = [], []
+    for i in range(len(x)):  # one image at a time: the shipped graph's 1 x 3 x S x S case
+        outs = sess.run(prob_names + logit_names, {INPUT_NAME: x[i : i + 1]})
+        got_probs.append(np.concatenate(outs[: len(prob_names)], axis=1))
+        got_logits.append(outs[len(prob_names)])
+    got_logits = np.concatenate(got_logits)
+    got_probs = np.concatenate(got_probs)
+    return {
+        "images": int(len(x)),
+        "max_abs_logit_diff": float(np.max(np.abs(got_logits - ref_logits))),
+        "max_abs_prob_diff": float(np.max(np.abs(got_probs - ref_probs))),
+        "tolerance": PARITY_TOLERANCE,
+        "compared": "logits (sigmoid input inside the exported graph) vs PyTorch",
+    }

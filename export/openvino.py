@@ -1,0 +1,37 @@
+"""ONNX -> OpenVINO IR (``.xml`` + ``.bin``), FP32 or FP16 weights, the model card in ``rt_info``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeseg.card import CARD_METADATA_KEY
+
+from .onnx import embedded_card
+from .quantize import to_openvino_model
+
+
+def set_openvino_card(model, card: dict):
+    """Store the card JSON as the string ``rt_info["edgeseg_card"]`` of an ``openvino.Model``."""
+    model.set_rt_info(embedded_card(card), CARD_METADATA_KEY)
+    return model
+
+
+def save_openvino(model, xml_path: str | Path, card: dict, *, fp16_weights: bool) -> Path:
+    """Embed ``card`` and save ``model`` as ``xml_path`` + ``.bin`` (callers write into a temporary folder)."""
+    import openvino as ov
+
+    set_openvino_card(model, card)
+    ov.save_model(model, str(xml_path), compress_to_fp16=fp16_weights)
+    return Path(xml_path)
+
+
+def onnx_to_openvino(onnx_path: str | Path, xml_path: str | Path, card: dict, *, precision: str = "fp32") -> Path:
+    """Convert an FP32 ONNX file to OpenVINO IR with a static 1 x 3 x H x W input.
+
+    ``precision`` "fp32" keeps FP32 weights; "fp16" stores FP16 weights (half the size; OpenVINO decompresses
+    them or runs them in fp16/bf16, whatever the device does: see the card's executed_precision).
+    """
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"onnx_to_openvino converts to fp32 or fp16, not {precision}")
+    return save_openvino(to_openvino_model(onnx_path), xml_path, card, fp16_weights=precision == "fp16")
+

@@ -1,0 +1,340 @@
+"""edgeseg.export: ONNX / OpenVINO export with parity checks, INT8 with the accuracy guard, and the error paths.
+
+The model is the shipped Fast-SCNN (0.15 M parameters: tiny, and trained, so Dice means something); the data
+are the 8 bundled DSB2018 images, copied under new names so that they form an ad-hoc (non-canonical) folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edgeseg.backends import open_backend, read_embedded_card
+from edgeseg.card import CARD_METADATA_KEY, new_card, read_card, write_card
+from edgeseg.cli import main
+from edgeseg.errors import DataError, EdgesegError, ModelError
+from edgeseg.export.calibration import calibration_set, guard_set, stratified_sample
+from edgeseg.export.guard import GuardFailed, climb, file_dice
+from edgeseg.export.onnx import logit_parity, output_names, torch_to_onnx
+from edgeseg.export.pipeline import export_model, parity_inputs
+from edgeseg.export.quantize import onnx_float_ends
+from edgeseg.segmenter import Segmenter
+from edgeseg.train.models import build_model
+from edgeseg.zoo import resolve_model
+
+
+@pytest.fixture(scope="module")
+def adhoc_data(tmp_path_factory):
+    """The 8 sample images in Kaggle layout under new ids: a labelled folder with no canonical split."""
+    from conftest import SAMPLE
+
+    dst = tmp_path_factory.mktemp("adhoc") / "data"
+    for i, src in enumerate(sorted(p for p in SAMPLE.iterdir() if p.is_dir())):
+        new = dst / f"img{i}"
+        (new / "images").mkdir(parents=True)
+        shutil.copy(next((src / "images").iterdir()), new / "images" / f"img{i}.png")
+        shutil.copytree(src / "masks", new / "masks")
+    return dst
+
+
+@pytest.fixture(scope="module")
+def fast_scnn():
+    from edgeseg.train.predict import load_checkpoint
+
+    ref = resolve_model("fast_scnn")
+    return ref, load_checkpoint(ref.path, ref.card)
+
+
+@pytest.fixture(scope="module")
+def fp32_export(tmp_path_factory):
+    """`edgeseg export fast_scnn --json`: the FP32 ONNX file most tests look at (exported once)."""
+    out = tmp_path_factory.mktemp("fp32")
+    r = CliRunner().invoke(main, ["export", "fast_scnn", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def _files(folder):
+    return sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
+
+
+def test_onnx_round_trip_matches_pytorch_on_real_images(fast_scnn, fp32_export):
+    ref, net = fast_scnn
+    path = fp32_export["path"]
+    model = onnx.load(path)
+    assert model.opset_import[0].version >= 17
+    assert [i.name for i in model.graph.input] == ["image"]
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, 256, 256]
+    assert [o.name for o in model.graph.output] == ["foreground"]
+    x = parity_inputs(ref.card)
+    parity = logit_parity(net, path, x)
+    assert parity["images"] == 8
+    assert parity["max_abs_prob_diff"] <= 1e-4
+    assert parity["max_abs_logit_diff"] <= 1e-3  # fp32 rounding of two different kernels, not a bug
+    # the shipped graph's outputs are probabilities: the same as sigmoid(PyTorch) through the runtime backend
+    be = open_backend(path)
+    with torch.no_grad():
+        want = torch.sigmoid(net(torch.from_numpy(x[:2]))).numpy()
+    np.testing.assert_allclose(be(x[:2]), want, atol=1e-4)
+
+
+def test_two_channel_model_exports_foreground_and_boundary_outputs(tmp_path):
+    torch.manual_seed(0)
+    net = build_model("half_unet", out_channels=2).eval()
+    card = new_card("half_unet", out_channels=2, outputs=["foreground", "boundary"])
+    path = torch_to_onnx(net, card, tmp_path / "two.onnx")
+    assert [o.name for o in onnx.load(str(path)).graph.output] == ["foreground", "boundary"]
+    x = np.random.default_rng(0).normal(size=(1, 3, 256, 256)).astype(np.float32)
+    with torch.no_grad():
+        want = torch.sigmoid(net(torch.from_numpy(x))).numpy()
+    np.testing.assert_allclose(open_backend(path)(x), want, atol=1e-4)
+    assert logit_parity(net, path, x)["max_abs_prob_diff"] <= 1e-4
+
+
+def test_output_names_must_match_out_channels():
+    assert output_names({"out_channels": 2}) == ["foreground", "boundary"]
+    with pytest.raises(ModelError, match="outputs"):
+        output_names({"out_channels": 2, "outputs": ["foreground"]})
+
+
+def test_float_ends_are_the_first_conv_and_the_head(fp32_export):
+    model = onnx.load(fp32_export["path"])
+    ends = onnx_float_ends(model)
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    assert ends[0] == convs[0]
+    assert convs[-1] in ends and convs[1] not in ends
+    ops = {n.name: n.op_type for n in model.graph.node}
+    assert {ops[n] for n in ends} == {"Conv", "Resize", "Sigmoid"}
+
+
+def test_onnx_fp32_export_embeds_the_card_and_writes_it_beside(fp32_export):
+    path = Path(fp32_export["path"])
+    assert path.name == "fast_scnn-fp32.onnx"
+    assert _files(path.parent) == ["fast_scnn-fp32.card.json", "fast_scnn-fp32.onnx"]
+    assert fp32_export["executed_precision"] == "fp32" and fp32_export["size_bytes"] == path.stat().st_size
+    beside = read_card(path, verify=True)
+    inside = read_embedded_card(path)
+    assert inside["name"] == beside["name"] == "fast_scnn-fp32"
+    assert inside["format"] == "onnx" and inside["precision"] == "fp32" and beside["executed_precision"] == "fp32"
+    assert {k: v for k, v in beside.items() if k not in ("file", "sha256")} == inside
+    assert beside["export"]["parity_onnx_fp32"]["max_abs_prob_diff"] <= 1e-4
+    assert beside["source"]["file"] == "fast_scnn.pt"
+    meta = {p.key for p in onnx.load(str(path)).metadata_props}
+    assert CARD_METADATA_KEY in meta
+
+
+def test_openvino_fp16_export_carries_the_card_in_rt_info(tmp_path, adhoc_data):
+    import openvino as ov
+
+    out = tmp_path / "ov"
+    export_model("fast_scnn", "openvino", "fp16", out_dir=out, guard_data=adhoc_data, max_dice_drop=0.02)
+    xml = out / "fast_scnn-fp16-ov.xml"
+    assert _files(out) == ["fast_scnn-fp16-ov.bin", "fast_scnn-fp16-ov.card.json", "fast_scnn-fp16-ov.xml"]
+    model = ov.Core().read_model(str(xml))
+    inside = json.loads(model.get_rt_info(CARD_METADATA_KEY).astype(str))
+    card = read_card(xml, verify=True)
+    assert inside["name"] == card["name"] == "fast_scnn-fp16-ov" and inside["precision"] == "fp16"
+    assert card["weights_file"] == "fast_scnn-fp16-ov.bin"
+    assert card["export"]["parity_openvino_f32"]["max_abs_prob_diff_vs_onnx"] < 1e-2
+    assert abs(card["guard"]["drop"]) <= 0.02
+    assert card["executed_precision"] == open_backend(xml).executed_precision
+    # the fp16 IR is half the FP32 weights: Fast-SCNN's 0.15 M parameters in well under 0.6 MB
+    assert (out / "fast_scnn-fp16-ov.bin").stat().st_size < 0.6e6
+    seg = Segmenter.load(xml)
+    assert seg.info["format"] == "openvino" and seg.input_size == 256
+
+
+def test_int8_onnx_passes_the_guard_and_records_calibration_and_strategy(tmp_path, adhoc_data):
+    out = tmp_path / "q"
+    report = export_model("fast_scnn", "onnx", "int8", out_dir=out, calib_data=adhoc_data, calib_size=6,
+                          max_dice_drop=0.05)
+    path = out / "fast_scnn-int8.onnx"
+    card = read_card(path)
+    assert card["precision"] == "int8" and card["executed_precision"] == "int8"
+    cal = card["calibration"]
+    assert cal["n_images"] == 6 and cal["split"] == "all" and len(cal["sha256"]) == 64
+    g = card["guard"]
+    assert g["strategy"] == g["attempts"][-1]["strategy"] == "per-tensor"
+    assert g["reference_dice"] - g["dice"] == pytest.approx(g["drop"], abs=1e-5) and g["drop"] <= 0.05
+    assert g["data"]["n_images"] == 8
+    # the guard's number is what the runtime gets: re-score the shipped file through the Segmenter
+    assert file_dice(path, guard_set(adhoc_data)).dice == pytest.approx(g["dice"], abs=1e-6)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert report["size_bytes"] == path.stat().st_size
+
+
+def test_int8_guard_fails_cleanly_when_no_strategy_meets_the_budget(tmp_path, adhoc_data):
+    out = tmp_path / "never"
+    with pytest.raises(GuardFailed, match="every strategy") as err:
+        export_model("fast_scnn", "onnx", "int8", out_dir=out, calib_data=adhoc_data, calib_size=2,
+                     max_dice_drop=-1.0, strategies=["per-tensor", "per-channel"])
+    assert "per-tensor" in str(err.value) and "per-channel" in str(err.value) and "\n" not in str(err.value)
+    assert not out.exists()  # nothing half-written, not even the folder it made
+
+
+def test_int8_guard_escalates_when_drop_too_large(fast_scnn, tmp_path, adhoc_data):
+    """A ladder whose first rung is a real but worse model (untrained weights) climbs to the next rung."""
+    ref, net = fast_scnn
+    torch.manual_seed(0)
+    bad = torch_to_onnx(build_model("fast_scnn").eval(), dict(ref.card, name="bad"), tmp_path / "bad.onnx")
+    good = torch_to_onnx(net, dict(ref.card, name="good"), tmp_path / "good.onnx")
+    guard = guard_set(adhoc_data)
+    reference = file_dice(good, guard).dice
+    built = []
+    ladder = [(name, lambda p=p, name=name: built.append(name) or p) for name, p in
+              (("weak", bad), ("strong", good), ("unused", bad))]
+    path, report = climb(ladder, guard, reference, 0.005)
+    assert path == good and report.strategy == "strong" and built == ["weak", "strong"]
+    assert report.attempts[0]["passed"] is False and report.attempts[0]["drop"] > 0.005
+    assert report.attempts[1]["drop"] == 0.0
+
+
+@pytest.mark.parametrize("target, act_type, weight_limit", [("x86", "UINT8", 127), ("x86-no-vnni", "UINT8", 64),
+                                                           ("arm", "INT8", 127)])
+def test_int8_targets_set_the_integer_types(fp32_export, adhoc_data, tmp_path, target, act_type, weight_limit):
+    from onnx import TensorProto, numpy_helper
+
+    from edgeseg.export.quantize import quantize_onnx
+
+    out = tmp_path / "q.onnx"
+    settings = quantize_onnx(fp32_export["path"], out, calibration_set(adhoc_data, 2), strategy="per-channel",
+                             target=target)
+    assert settings["target"] == target and settings["per_channel"] is True
+    model = onnx.load(str(out))
+    inits = {t.name: t for t in model.graph.initializer}
+    act_zero_points = {inits[n.input[2]].data_type for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    assert act_zero_points == {getattr(TensorProto, act_type)}
+    weights = [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == TensorProto.INT8
+               and len(t.dims) == 4]
+    largest = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+    assert largest == 127 if weight_limit == 127 else largest <= weight_limit  # 7-bit weights without VNNI
+
+
+def test_stratified_sample_is_seeded_and_proportional():
+    names = [f"f{i}" for i in range(80)] + [f"s{i}" for i in range(16)] + ["b0", "b1"]
+    strata = ["fl"] * 80 + ["st"] * 16 + ["bf"] * 2
+    a = stratified_sample(names, strata, 20, seed=0)
+    assert a == stratified_sample(names, strata, 20, seed=0) != stratified_sample(names, strata, 20, seed=1)
+    assert len(a) == 20 and sum(n.startswith("b") for n in a) >= 1
+    assert sum(n.startswith("f") for n in a) == 16 and sum(n.startswith("s") for n in a) == 3
+
+
+def test_calibration_hash_depends_on_the_sample(adhoc_data):
+    a = calibration_set(adhoc_data, 4, seed=0)
+    assert a.inputs.shape == (4, 3, 256, 256) and a.info["n_images"] == 4
+    assert calibration_set(adhoc_data, 4, seed=0).info["sha256"] == a.info["sha256"]
+    assert calibration_set(adhoc_data, 4, seed=3).info["sha256"] != a.info["sha256"]
+
+
+def test_calibration_reads_plain_image_folders(tmp_path, adhoc_data):
+    for p in adhoc_data.glob("*/images/*.png"):
+        shutil.copy(p, tmp_path / p.name)
+    cal = calibration_set(tmp_path, 100)
+    assert cal.info["layout"] == "plain" and cal.info["n_images"] == 8 and cal.info["available"] == 8
+
+
+def test_canonical_folder_calibrates_on_its_training_split_only(sample_dir):
+    # the bundled sample is 8 images of the canonical TEST split: none may be used for calibration
+    with pytest.raises(DataError, match="training split"):
+        calibration_set(sample_dir, 10)
+
+
+# ---------------------------------------------------------------- bad input: one line, non-zero, nothing written
+
+
+def _cli(*args):
+    return CliRunner().invoke(main, ["export", *map(str, args)])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--format", "tflite"], "unknown format 'tflite'"),
+        (["--precision", "int4"], "unknown precision 'int4'"),
+        (["--precision", "int8"], "needs calibration images"),
+        (["--format", "onnx", "--precision", "fp16"], "ONNX fp16 is not offered"),
+        (["--precision", "int8", "--calib-data", "SAMPLE", "--target", "riscv"], "unknown target"),
+    ],
+)
+def test_bad_options_fail_with_one_line(tmp_path, sample_dir, args, message):
+    args = [str(sample_dir) if a == "SAMPLE" else a for a in args]
+    r = _cli("fast_scnn", *args, "--out", tmp_path / "o")
+    assert r.exit_code == 2 and message in r.output
+    assert r.output.startswith("error: ") and r.output.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_calibration_folder_without_usable_images_fails(tmp_path):
+    empty = tmp_path / "frames"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    r = _cli("fast_scnn", "--precision", "int8", "--calib-data", empty, "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "holds no usable images" in r.output and r.output.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def _checkpoint(tmp_path, arch: str, state=None, data: bytes | None = None):
+    pt = tmp_path / f"{arch}.pt"
+    if data is not None:
+        pt.write_bytes(data)
+    else:
+        torch.save(state, pt)
+    write_card(pt, new_card(arch))
+    return pt
+
+
+def test_corrupt_checkpoint_fails_with_one_line(tmp_path):
+    pt = _checkpoint(tmp_path, "fast_scnn", data=b"not a checkpoint")
+    r = _cli(pt, "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "cannot load checkpoint" in r.output and r.output.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_checkpoint_of_another_architecture_fails_with_one_line(tmp_path):
+    pt = _checkpoint(tmp_path, "fast_scnn", state=build_model("half_unet").state_dict())
+    r = _cli(pt, "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "does not fit architecture fast_scnn" in r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_unwritable_output_folder_fails_with_one_line(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file, not a folder")
+    r = _cli("fast_scnn", "--out", blocker / "sub")
+    assert r.exit_code == 2 and "is not writable" in r.output and r.output.count("\n") == 1
+
+
+def test_exported_files_cannot_be_exported_again(tmp_path, fp32_export):
+    with pytest.raises(EdgesegError, match="already a onnx file"):
+        export_model(fp32_export["path"], "onnx", "int8", out_dir=tmp_path / "o", calib_data=tmp_path)
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_scores_an_exported_file_through_the_runtime(fp32_export, adhoc_data):
+    r = CliRunner().invoke(main, ["eval", fp32_export["path"], "--data", str(adhoc_data), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["n_images"] == 8 and 0.5 < out["dice_256"] <= 1.0
+
+
+@pytest.mark.slow
+def test_openvino_int8_export_through_nncf(tmp_path, adhoc_data):
+    out = tmp_path / "ovq"
+    export_model("fast_scnn", "openvino", "int8", out_dir=out, calib_data=adhoc_data, calib_size=6,
+                 max_dice_drop=0.05, strategies=["default"])
+    xml = out / "fast_scnn-int8-ov.xml"
+    card = read_card(xml)
+    assert card["precision"] == "int8" and card["executed_precision"].startswith("int8")
+    assert read_embedded_card(xml)["guard"]["strategy"] == "default"
+    import openvino as ov
+
+    assert any(op.get_type_name() == "FakeQuantize" for op in ov.Core().read_model(str(xml)).get_ops())
