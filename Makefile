@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean pi-wheels
+.PHONY: demo test lint venv clean pi-wheels browser
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,9 +19,16 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/edgeseg run
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# the browser test of `run --serve` drives Debian's headless chromium; without root/apt it is skipped
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && { timeout 600 apt-get install -y -qq chromium >/dev/null 2>&1 \
+	       || { timeout 300 apt-get update -qq >/dev/null 2>&1 && timeout 600 apt-get install -y -qq chromium >/dev/null 2>&1; }; } \
+	  || echo "chromium not installed: the browser test will be skipped"; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
