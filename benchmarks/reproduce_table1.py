@@ -20,15 +20,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from edgeseg.device.bench import PAPER_TABLE1  # noqa: E402
 from edgeseg.fsutil import atomic_write_json, atomic_write_text  # noqa: E402
 from edgeseg.zoo import zoo_entries  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-PAPER = {  # Table 1 of the paper (Intel Core i9, CPU only, PyTorch 1.13)
-    "half_unet": {"label": "U-Net (Half-UNet)", "params_m": 0.118, "fps": 55.7, "dice": 0.8713, "time5": 300.81},
-    "mobilenetv2_unet": {"label": "MobileNetV2-UNet", "params_m": 6.629, "fps": 21.8, "dice": 0.9175, "time5": 416.75},
-    "fast_scnn": {"label": "Fast-SCNN", "params_m": 0.154, "fps": 215.8, "dice": 0.7504, "time5": 146.40},
-}
+PAPER = {net: {**p, "time5": p["time5_s"]} for net, p in PAPER_TABLE1.items()}  # the paper's Table 1 (i9, PyTorch)
 
 
 def load_run(name: str) -> dict:

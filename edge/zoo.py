@@ -25,13 +25,17 @@ class ModelRef:
     card: dict
 
 
-def zoo_entries() -> list[ModelRef]:
-    """Every model file shipped in the zoo, with its card (sorted by name)."""
+def zoo_entries(folder: str | Path | None = None) -> list[ModelRef]:
+    """Every model file shipped in the zoo (or lying in ``folder``) with its card beside it, sorted by card name."""
+    root = ZOO_DIR if folder is None else Path(folder)
     out = []
-    for cp in sorted(ZOO_DIR.glob(f"*{CARD_SUFFIX}")):
-        card = json.loads(cp.read_text())
-        path = ZOO_DIR / card["file"]
-        if path.exists():
+    for cp in sorted(root.glob(f"*{CARD_SUFFIX}")):
+        try:
+            card = json.loads(cp.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        path = root / card.get("file", "")
+        if card.get("file") and path.is_file():
             out.append(
                 ModelRef(card.get("name", path.stem), path.resolve(), FORMATS.get(path.suffix, "?"), card)
             )

@@ -1,0 +1,654 @@
+"""``edgeseg bench``: which model, in which format, is fast and accurate enough on *this* box (torch-free).
+
+For every model x backend x precision x threads it measures, the way the paper does, 100 consecutive
+single 256x256 inferences after a warm-up (model only: the backend's call on a preprocessed real image),
+and reports FPS (iterations / total time), latency mean/p50/p90/p99, the precision the backend really
+executed, params, GFLOPs and file size. Optional: ``e2e`` runs the real ``edgeseg run`` pipeline
+(:func:`edgeseg.device.live.run_live`: capture -> preprocess -> inference -> post-process -> overlay) on a
+clip and reports its FPS and stage means; ``accuracy`` scores each file on the 8-image DSB2018 sample
+shipped in the package (``edge/samples/dsb2018_sample``), so speed is seen beside what it costs.
+
+    from edgeseg.device.bench import BenchConfig, run_bench
+    result = run_bench(BenchConfig(models=["fast_scnn"], backends=["onnxruntime", "openvino"]))
+    result["rows"], result["recommendation"]["text"]
+
+Models are zoo names: a network (``fast_scnn``: every exported file of it, picked by backend and
+precision, plus its PyTorch checkpoint for the ``torch`` backend), an exported variant
+(``fast_scnn-int8``) or a model file. Backends: ``onnxruntime``, ``openvino`` (it reads ``.xml`` and, where
+no IR exists, the ``.onnx`` file) and ``torch``, the paper's own method and our baseline, available only
+where torch is installed (the ``torch`` row uses the fp32 checkpoint). A combination that cannot run here
+(a backend not installed, no file of that precision) becomes a row with its ``error``; Ctrl-C stops with
+the rows measured so far (``interrupted``).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import os
+import platform
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.errors import EdgesegError
+from edgeseg.fsutil import atomic_path, atomic_write_json, atomic_write_text
+from edgeseg.zoo import FORMATS, ModelRef, zoo_entries
+
+from .hardware import cpu_snapshot, hardware_report, other_cpu_share, thermal_sample
+
+SCHEMA = 1
+DEFAULT_MODELS = ("half_unet", "mobilenetv2_unet", "fast_scnn")
+BACKENDS = ("onnxruntime", "openvino", "torch")
+PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_PRECISIONS = ("fp32", "int8")
+DICE_TOLERANCE = 0.01  # the recommendation: the fastest file whose Dice is within this of the best
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "edge" / "samples" / "dsb2018_sample"
+CLIP_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".tif", ".tiff")
+PAPER_TABLE1 = {  # Table 1 of the paper: Intel Core i9 desktop, CPU only, PyTorch 1.13
+    "half_unet": {"label": "U-Net (Half-UNet)", "params_m": 0.118, "fps": 55.7, "dice": 0.8713, "time5_s": 300.81},
+    "mobilenetv2_unet": {"label": "MobileNetV2-UNet", "params_m": 6.629, "fps": 21.8, "dice": 0.9175,
+                         "time5_s": 416.75},
+    "fast_scnn": {"label": "Fast-SCNN", "params_m": 0.154, "fps": 215.8, "dice": 0.7504, "time5_s": 146.40},
+}
+FILE_FORMAT = {"onnxruntime": ("onnx",), "openvino": ("openvino", "onnx"), "torch": ("torch",)}
+FORMAT_LABEL = {"onnx": "ONNX", "openvino": "OpenVINO IR", "torch": "PyTorch checkpoint"}
+
+
+@dataclass
+class BenchConfig:
+    models: Sequence[str] = DEFAULT_MODELS
+    backends: Sequence[str] | None = None  # None: every installed one (torch where installed)
+    precisions: Sequence[str] = DEFAULT_PRECISIONS
+    threads: Sequence[int] | None = None  # None: all usable cores
+    iterations: int = 100
+    warmup: int = 10
+    e2e: bool = False
+    e2e_source: str | None = None  # None: the shipped clip, else a synthetic 640x480 source
+    accuracy: bool = False
+    zoo: str | None = None  # a folder of exported files with cards [the shipped zoo]
+
+
+@dataclass
+class Target:
+    """One thing to measure: a model file on a backend (or why it cannot be)."""
+
+    network: str  # the family asked for (fast_scnn)
+    model: str  # the file's model name (fast_scnn-int8; fast_scnn for the checkpoint)
+    backend: str
+    precision: str
+    path: Path | None = None
+    card: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+# --------------------------------------------------------------------------- what to measure
+
+
+def torch_available() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def default_backends() -> list[str]:
+    """The installed backends, plus ``torch`` where torch is installed."""
+    from edgeseg.backends import available_backends
+
+    return available_backends() + (["torch"] if torch_available() else [])
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def model_files(folder: str | Path | None = None) -> list[ModelRef]:
+    """The shipped zoo, or every model file in ``folder`` that has its card beside it."""
+    return zoo_entries(folder)
+
+
+def network_of(card: dict, name: str) -> str:
+    """The network a file belongs to: the checkpoint it was exported from, or itself."""
+    return (card.get("source") or {}).get("name") or name
+
+
+def _target_rank(card: dict) -> int:
+    """Prefer the INT8 file quantised for this CPU (``export.target``)."""
+    target = (card.get("export") or {}).get("target")
+    arm = platform.machine().lower().startswith(("arm", "aarch64"))
+    order = ["arm", None] if arm else ["x86", None, "x86-no-vnni"]
+    return order.index(target) if target in order else len(order)
+
+
+def _file_target(ref: ModelRef, network: str, backend: str) -> Target:
+    return Target(network, ref.name, backend, ref.card.get("precision", "fp32"), ref.path, ref.card)
+
+
+def plan(cfg: BenchConfig) -> list[Target]:
+    """Every model x backend x precision of ``cfg`` -> targets (with ``error`` where there is nothing to run)."""
+    backends = list(cfg.backends) if cfg.backends is not None else default_backends()
+    files = model_files(cfg.zoo)
+    shipped = files if cfg.zoo is None else zoo_entries()
+    where = "the shipped zoo" if cfg.zoo is None else str(cfg.zoo)
+    targets: list[Target] = []
+    for spec in cfg.models:
+        p = Path(spec)
+        single = None
+        if p.is_file():
+            from edgeseg.zoo import resolve_model
+
+            try:
+                single = resolve_model(p, verify=False)
+            except EdgesegError as exc:
+                targets.append(Target(p.stem, p.stem, "-", "-", p, error=str(exc)))
+                continue
+        else:
+            single = next((r for r in files if r.name == spec and network_of(r.card, r.name) != spec), None)
+        if single is not None:  # one file: every requested backend that can open it
+            net = network_of(single.card, single.name)
+            runs = [b for b in backends if single.format in FILE_FORMAT.get(b, ())]
+            targets += [_file_target(single, net, b) for b in runs]
+            if not runs:
+                targets.append(Target(net, single.name, ",".join(backends), single.card.get("precision", "?"),
+                                      single.path, single.card,
+                                      error=f"none of the backends {', '.join(backends)} runs a "
+                                            f"{FORMAT_LABEL.get(single.format, single.format)}"))
+            continue
+        group = [r for r in files if network_of(r.card, r.name) == spec]
+        checkpoint = next((r for r in group if r.format == "torch"), None) or next(
+            (r for r in shipped if r.name == spec and r.format == "torch"), None)
+        if not group and checkpoint is None:
+            names = sorted({network_of(r.card, r.name) for r in files})
+            targets.append(Target(spec, spec, "-", "-", error=f"unknown model {spec!r} in {where}; "
+                                  f"give one of {', '.join(names) or 'none'}, a zoo variant or a model file"))
+            continue
+        for backend in backends:
+            for precision in cfg.precisions:
+                if backend == "torch":
+                    if precision != "fp32":
+                        continue  # the paper's baseline: the fp32 checkpoint, eager
+                    if not torch_available():
+                        targets.append(Target(spec, spec, "torch", "fp32", error=(
+                            "torch is not installed, so there is no PyTorch row: pip install 'edgeseg[train]' "
+                            "for the paper's baseline")))
+                    elif checkpoint is None:
+                        targets.append(Target(spec, spec, "torch", "fp32",
+                                              error=f"no PyTorch checkpoint of {spec} in {where}"))
+                    else:
+                        targets.append(_file_target(checkpoint, spec, "torch"))
+                    continue
+                found = None
+                for fmt in FILE_FORMAT.get(backend, ()):
+                    cands = [r for r in group if r.format == fmt and r.card.get("precision") == precision]
+                    if cands:
+                        found = min(cands, key=lambda r: (_target_rank(r.card), r.name))
+                        break
+                if found is not None:
+                    targets.append(_file_target(found, spec, backend))
+                elif backend == "onnxruntime" and precision == "fp16":
+                    targets.append(Target(spec, f"{spec}-fp16", backend, precision, error=(
+                        f"no fp16 ONNX file of {spec} in {where} (ONNX Runtime's CPU provider runs fp16 graphs "
+                        "slower than fp32): fp16 is an OpenVINO IR, bench it with --backends openvino")))
+                else:
+                    fmt = "openvino" if backend == "openvino" else "onnx"
+                    targets.append(Target(spec, f"{spec}-{precision}", backend, precision, error=(
+                        f"no {precision} file of {spec} for {backend} in {where}: "
+                        f"export it with `edgeseg export {spec} --format {fmt} --precision {precision}`")))
+    return targets
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def time_predictor(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, iterations: int = 100,
+                   warmup: int = 10) -> dict:
+    """The paper's method: ``warmup`` calls, then ``iterations`` consecutive single inferences, each timed.
+
+    FPS is ``iterations`` over their total wall time; latencies are per call, in milliseconds.
+    """
+    if iterations < 1:
+        raise EdgesegError(f"--iterations {iterations} measures nothing", "give at least 1")
+    for _ in range(max(warmup, 0)):
+        predict(x)
+    times = np.empty(iterations, np.float64)
+    start = time.perf_counter()
+    for i in range(iterations):
+        t0 = time.perf_counter()
+        predict(x)
+        times[i] = time.perf_counter() - t0
+    total = time.perf_counter() - start
+    ms = times * 1e3
+    return {
+        "fps": round(iterations / total, 3),
+        "latency_ms": {
+            "mean": round(float(ms.mean()), 4),
+            "p50": round(float(np.percentile(ms, 50)), 4),
+            "p90": round(float(np.percentile(ms, 90)), 4),
+            "p99": round(float(np.percentile(ms, 99)), 4),
+            "min": round(float(ms.min()), 4),
+            "max": round(float(ms.max()), 4),
+        },
+        "total_s": round(total, 4),
+    }
+
+
+def sample_images(limit: int | None = None) -> list:
+    """The DSB2018 test-split sample shipped in the package (images and labels)."""
+    from edgeseg.data import find_items, load_sample
+
+    items = find_items(SAMPLE_DIR)
+    return [load_sample(it) for it in items[:limit]]
+
+
+def _file_size(path: Path | None) -> int | None:
+    if path is None or not path.exists():
+        return None
+    size = path.stat().st_size
+    if path.suffix.lower() == ".xml" and path.with_suffix(".bin").exists():
+        size += path.with_suffix(".bin").stat().st_size
+    return size
+
+
+def _open(target: Target, threads: int):
+    """A Segmenter for the target at ``threads`` threads, and a function that releases it."""
+    if target.backend == "torch":
+        if not torch_available():
+            raise EdgesegError("torch is not installed, so there is no PyTorch row",
+                               "pip install 'edgeseg[train]' for the paper's baseline")
+        # the one place the torch-free runtime touches torch: the paper's baseline, imported only here
+        import torch
+
+        from edgeseg.train.predict import torch_segmenter
+        from edgeseg.zoo import resolve_model
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        seg = torch_segmenter(resolve_model(target.path, verify=True))
+        seg.backend_info["threads"] = threads
+        return seg, lambda: torch.set_num_threads(before)
+    from edgeseg.segmenter import Segmenter
+
+    seg = Segmenter.load(target.path, backend=target.backend, threads=threads)
+    return seg, seg.backend.close
+
+
+def default_e2e_source(frames: int) -> str:
+    """The clip shipped in the package, else a synthetic 640x480 source of ``frames`` frames."""
+    samples = SAMPLE_DIR.parent
+    clips = sorted(p for p in samples.rglob("*") if p.suffix.lower() in CLIP_EXTS and p.is_file()
+                   and SAMPLE_DIR not in p.parents)
+    return str(clips[0]) if clips else f"synthetic:640x480:{max(frames, 1)}"
+
+
+def end_to_end(seg, source_spec: str, frames: int) -> dict:
+    """FPS and stage means of the real ``edgeseg run`` loop (no display, no recording) on ``source_spec``."""
+    from .live import run_live
+    from .overlay import Overlay
+    from .sources import open_source
+
+    seg.remember_scale = True  # as `edgeseg run` does
+    source = open_source(source_spec, model_size=seg.input_size, loop=True)
+    result = run_live(seg, source, overlay=Overlay(caption=seg.name), max_frames=frames)
+    if result.stopped == "interrupted":
+        raise KeyboardInterrupt
+    s = result.summary
+    if result.error is not None or s.get("error"):
+        raise EdgesegError(f"the run pipeline failed on {source_spec}: {s.get('error') or result.error}",
+                           "check the source with `edgeseg run`")
+    return {"source": source_spec, "frames": s.get("frames"), "fps": s.get("fps"), "latency_ms": s.get("latency_ms"),
+            "stages_ms": s.get("stages_ms"), "count_mean": (s.get("count") or {}).get("mean")}
+
+
+def accuracy(seg, samples: list) -> dict:
+    """Dice (at the input size, the paper's figure) of ``seg`` on the shipped sample."""
+    from edgeseg.evaluate import evaluate
+
+    summary = evaluate(seg, iter(samples), progress=False)["summary"]
+    return {"dice_256": round(float(summary["dice_256"]), 4), "dice": round(float(summary["dice"]), 4),
+            "n_images": summary["n_images"], "data": f"{SAMPLE_DIR.name} (shipped sample)"}
+
+
+def _base_row(target: Target, threads: int | None) -> dict:
+    card = target.card or {}
+    test = ((card.get("metrics") or {}).get("test") or {}).get("dice_256")
+    fmt = "torch" if target.backend == "torch" else card.get("format") or (
+        FORMATS.get(target.path.suffix.lower()) if target.path else None)
+    return {
+        "model": target.model,
+        "network": target.network,
+        "arch": card.get("arch"),
+        "file": str(target.path) if target.path else None,
+        "format": fmt,
+        "backend": target.backend,
+        "precision": target.precision,
+        "executed_precision": None,
+        "threads": threads,
+        "params": card.get("params"),
+        "gflops": card.get("gflops"),
+        "size_bytes": _file_size(target.path),
+        "iterations": None,
+        "warmup": None,
+        "fps": None,
+        "latency_ms": None,
+        "dice": test,
+        "dice_from": "card: test split" if test is not None else None,
+        "dice_test": test,
+        "dice_sample": None,
+    }
+
+
+def measure(target: Target, threads: int, cfg: BenchConfig, samples: list | None = None,
+            cached_accuracy: dict | None = None) -> dict:
+    """One row: the target at ``threads`` threads (``error`` instead of numbers when it cannot run)."""
+    row = _base_row(target, threads)
+    if target.error:
+        row["error"] = target.error
+        return row
+    try:
+        seg, release = _open(target, threads)
+    except EdgesegError as exc:
+        row["error"] = str(exc)
+        return row
+    except Exception as exc:  # a runtime's own exception for a file it cannot run here
+        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        return row
+    try:
+        info = seg.info
+        row["executed_precision"] = info.get("executed_precision")
+        row["threads"] = info.get("threads") or threads
+        x = _input_for(seg, samples)
+        row.update(iterations=cfg.iterations, warmup=cfg.warmup)
+        row.update({k: v for k, v in time_predictor(seg.predict, x, cfg.iterations, cfg.warmup).items()
+                    if k in ("fps", "latency_ms")})
+        if cfg.accuracy:
+            acc = cached_accuracy if cached_accuracy is not None else accuracy(seg, samples or sample_images())
+            row["accuracy"] = acc
+            row["dice_sample"] = acc["dice_256"]
+            row["dice"], row["dice_from"] = acc["dice_256"], f"measured: {acc['n_images']}-image shipped sample"
+        if cfg.e2e:
+            spec = cfg.e2e_source or default_e2e_source(cfg.iterations)
+            row["e2e"] = end_to_end(seg, spec, cfg.iterations)
+    except KeyboardInterrupt:
+        raise
+    except EdgesegError as exc:
+        row["error"] = str(exc)
+    except Exception as exc:
+        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    finally:
+        release()
+    if row.get("error"):
+        row["fps"], row["latency_ms"] = None, None
+    return row
+
+
+def _input_for(seg, samples: list | None) -> np.ndarray:
+    """A real image (the first of the shipped sample), preprocessed exactly as the runtime does."""
+    from edgeseg.preprocess import preprocess
+
+    image = (samples or sample_images(1))[0].image
+    return np.ascontiguousarray(preprocess(image, seg.input_size, mean=seg.mean, std=seg.std), np.float32)
+
+
+def run_bench(cfg: BenchConfig, *, progress: bool = False, on_row: Callable[[dict], None] | None = None) -> dict:
+    """Measure every target of ``cfg`` at every thread count; Ctrl-C returns the rows so far (``interrupted``).
+
+    Returns ``{"schema", "created", "hardware", "config", "rows", "recommendation", "interrupted"}``.
+    """
+    from tqdm.auto import tqdm
+
+    for b in cfg.backends or ():
+        if b not in BACKENDS:
+            raise EdgesegError(f"unknown backend {b!r}", f"use some of: {', '.join(BACKENDS)}")
+    for p in cfg.precisions:
+        if p not in PRECISIONS:
+            raise EdgesegError(f"unknown precision {p!r}", f"use some of: {', '.join(PRECISIONS)}")
+    threads = list(cfg.threads or [usable_cores()])
+    if any(t < 1 for t in threads):
+        raise EdgesegError(f"bad thread count in {threads}", "give positive numbers, e.g. --threads 1,2,4")
+    if cfg.iterations < 1:
+        raise EdgesegError(f"--iterations {cfg.iterations} measures nothing", "give at least 1")
+    hardware = hardware_report()
+    cpu_before = cpu_snapshot()
+    targets = plan(cfg)
+    jobs = [(t, n) for t in targets for n in ([None] if t.error else threads)]
+    samples = sample_images() if cfg.accuracy else sample_images(1)
+    rows: list[dict] = []
+    interrupted = False
+    bar = tqdm(total=len(jobs), desc="bench", unit="run", disable=not progress, file=sys.stderr, leave=False)
+    acc_cache: dict[tuple, dict] = {}
+    try:
+        for target, n in jobs:
+            bar.set_postfix_str(f"{target.model} {target.backend} {n or ''}".strip())
+            key = (str(target.path), target.backend)
+            row = measure(target, n or 0, cfg, samples, acc_cache.get(key))
+            if n is None:
+                row["threads"] = None
+            if row.get("accuracy") and not row.get("error"):
+                acc_cache[key] = row["accuracy"]  # the same file on the same backend: score it once
+            rows.append(row)
+            bar.update(1)
+            if on_row is not None:
+                on_row(row)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+    hardware["thermal"]["after"] = thermal_sample()
+    hardware["other_cpu_share"] = other_cpu_share(cpu_before, cpu_snapshot(), os.cpu_count() or 1)
+    return {
+        "schema": SCHEMA,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "hardware": hardware,
+        "config": {**asdict(cfg), "threads": threads, "backends": list(cfg.backends or default_backends()),
+                   "models": list(cfg.models), "precisions": list(cfg.precisions),
+                   "method": f"model only: {cfg.iterations} consecutive single-image inferences at the model's "
+                             f"input size after {cfg.warmup} warm-up calls; FPS = iterations / total time"},
+        "rows": rows,
+        "recommendation": recommend(rows),
+        "interrupted": interrupted,
+    }
+
+
+# --------------------------------------------------------------------------- reading the rows
+
+
+def ok_rows(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if not r.get("error") and r.get("fps")]
+
+
+def recommend(rows: list[dict], tolerance: float = DICE_TOLERANCE) -> dict | None:
+    """The fastest deployable (exported) file whose Dice is within ``tolerance`` of the best Dice measured."""
+    good = ok_rows(rows)
+    deployable = [r for r in good if r["backend"] != "torch"] or good
+    if not deployable:
+        return None
+    known = [r for r in deployable if r.get("dice") is not None]
+    if known:
+        best = max(r["dice"] for r in known)
+        pick = max((r for r in known if r["dice"] >= best - tolerance), key=lambda r: r["fps"])
+        why = (f"the fastest file whose Dice ({pick['dice']:.4f}, {pick['dice_from']}) is within {tolerance} of "
+               f"the best ({best:.4f})")
+    else:
+        pick = max(deployable, key=lambda r: r["fps"])
+        why = "the fastest file (no Dice known: run with --accuracy)"
+    base = next((r for r in good if r["backend"] == "torch" and r["network"] == pick["network"]
+                 and r["threads"] == pick["threads"]), None)
+    speedup = round(pick["fps"] / base["fps"], 2) if base else None
+    text = (f"recommended: {pick['model']} on {pick['backend']} ({pick['executed_precision']}, "
+            f"{pick['threads']} threads): {pick['fps']:.1f} FPS, {why}"
+            + (f"; {speedup}x PyTorch eager FP32" if speedup else ""))
+    return {"model": pick["model"], "network": pick["network"], "file": pick["file"], "backend": pick["backend"],
+            "precision": pick["precision"], "executed_precision": pick["executed_precision"],
+            "threads": pick["threads"], "fps": pick["fps"], "dice": pick.get("dice"),
+            "dice_from": pick.get("dice_from"),
+            "speedup_vs_torch_fp32": speedup, "tolerance": tolerance, "text": text}
+
+
+def best_per_network(rows: list[dict], tolerance: float = DICE_TOLERANCE) -> dict[str, dict]:
+    """Per network: its PyTorch eager FP32 row, its best deployed file and the FPS ratio measured in this run.
+
+    The best deployed file is the fastest exported file whose Dice is within ``tolerance`` of the network's
+    checkpoint (or of its best file when there is no checkpoint row); files without a Dice only count
+    when no file of the network has one.
+    """
+    out = {}
+    good = ok_rows(rows)
+    for net in dict.fromkeys(r["network"] for r in good):
+        mine = [r for r in good if r["network"] == net]
+        torch_rows = [r for r in mine if r["backend"] == "torch"]
+        base = max(torch_rows, key=lambda r: r["fps"]) if torch_rows else None
+        files = [r for r in mine if r["backend"] != "torch"]
+        if not files:
+            out[net] = {"torch": base, "best": None, "ratio": None}
+            continue
+        known = [r for r in files if r.get("dice") is not None]
+        ref = base["dice"] if base and base.get("dice") is not None else max((r["dice"] for r in known), default=None)
+        pool = [r for r in known if ref is not None and r["dice"] >= ref - tolerance] if known else files
+        if not pool:
+            pool = known
+        best = max(pool, key=lambda r: r["fps"])
+        same = next((r for r in torch_rows if r["threads"] == best["threads"]), base)
+        out[net] = {"torch": same, "best": best, "ratio": round(best["fps"] / same["fps"], 2) if same else None}
+    return out
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _fmt(v, spec: str = "", none: str = "-") -> str:
+    return none if v is None else format(v, spec)
+
+
+def format_table(rows: list[dict]) -> str:
+    """The console table: one line a row, failures at the end with their reason."""
+    head = (f"{'model':<26}{'backend':<12}{'precision':<16}{'thr':>4}{'FPS':>9}{'mean':>8}{'p50':>8}{'p90':>8}"
+            f"{'p99':>8}{'Dice':>8}{'size':>9}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if r.get("error"):
+            continue
+        lat = r.get("latency_ms") or {}
+        prec = r["precision"] if r.get("executed_precision") in (None, r["precision"]) else (
+            f"{r['precision']}>{r['executed_precision']}")
+        size = f"{r['size_bytes'] / 1e6:.2f}MB" if r.get("size_bytes") else "-"
+        line = (f"{r['model'][:25]:<26}{r['backend']:<12}{prec:<16}{_fmt(r.get('threads')):>4}"
+                f"{_fmt(r.get('fps'), '.1f'):>9}{_fmt(lat.get('mean'), '.2f'):>8}{_fmt(lat.get('p50'), '.2f'):>8}"
+                f"{_fmt(lat.get('p90'), '.2f'):>8}{_fmt(lat.get('p99'), '.2f'):>8}{_fmt(r.get('dice'), '.4f'):>8}"
+                f"{size:>9}")
+        if r.get("e2e"):
+            e = r["e2e"]
+            line += f"   e2e {_fmt(e.get('fps'), '.1f')} FPS"
+        lines.append(line)
+    errors = [r for r in rows if r.get("error")]
+    if errors:
+        lines.append("")
+        lines.append("not measured:")
+        for r in errors:
+            lines.append(f"  {r['model']} {r['backend']} {r['precision']}: {r['error']}")
+    return "\n".join(lines)
+
+
+def dice_note(rows: list[dict]) -> str:
+    froms = sorted({r["dice_from"] for r in ok_rows(rows) if r.get("dice_from")})
+    return "Dice: " + ("; ".join(froms) if froms else "none known (run with --accuracy)")
+
+
+CSV_COLUMNS = ["model", "network", "file", "format", "backend", "precision", "executed_precision", "threads",
+               "params", "gflops", "size_bytes", "iterations", "warmup", "fps", "latency_mean_ms", "latency_p50_ms",
+               "latency_p90_ms", "latency_p99_ms", "latency_min_ms", "latency_max_ms", "dice", "dice_from",
+               "dice_test", "dice_sample", "e2e_fps", "e2e_source", "e2e_capture_ms", "e2e_preprocess_ms",
+               "e2e_inference_ms", "e2e_postprocess_ms", "e2e_render_ms", "e2e_output_ms", "error"]
+
+
+def csv_text(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        flat = dict(r)
+        for k, v in (r.get("latency_ms") or {}).items():
+            flat[f"latency_{k}_ms"] = v
+        e = r.get("e2e") or {}
+        flat["e2e_fps"], flat["e2e_source"] = e.get("fps"), e.get("source")
+        for k, v in (e.get("stages_ms") or {}).items():
+            flat[f"e2e_{k}_ms"] = v
+        w.writerow(flat)
+    return buf.getvalue()
+
+
+def write_outputs(result: dict, json_path: str | None = None, csv_path: str | None = None) -> None:
+    if json_path and json_path != "-":
+        atomic_write_json(json_path, result)
+    if csv_path:
+        atomic_write_text(csv_path, csv_text(result["rows"]))
+
+
+def require_matplotlib() -> None:
+    if importlib.util.find_spec("matplotlib") is None:
+        raise EdgesegError("--plot needs matplotlib, which is not installed",
+                           "pip install matplotlib (or pip install 'edgeseg[train]')")
+
+
+def plot_fps_vs_dice(rows: list[dict], path: str | Path, title: str | None = None, paper: bool = True) -> Path:
+    """FPS (log axis) against Dice: one point per model file and backend (its best thread count; colour: network,
+    marker: backend, hollow: an int8/fp16 file), the paper's three results marked. Rows without a Dice are left
+    out (said in the caption)."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best: dict[tuple, dict] = {}
+    for r in ok_rows(rows):
+        key = (r["model"], r["backend"])
+        if r.get("dice") is not None and (key not in best or r["fps"] > best[key]["fps"]):
+            best[key] = r
+    left_out = sorted({f"{r['model']}/{r['backend']}" for r in ok_rows(rows) if r.get("dice") is None})
+    nets = list(dict.fromkeys([*PAPER_TABLE1, *(r["network"] for r in best.values())]))
+    colours = {n: f"C{i}" for i, n in enumerate(nets)}
+    markers = {"torch": "o", "onnxruntime": "s", "openvino": "D"}
+    fig, ax = plt.subplots(figsize=(10, 5.6))
+    for (_, backend), r in best.items():
+        filled = r["precision"] == "fp32"
+        ax.scatter(r["fps"], r["dice"], marker=markers.get(backend, "^"), s=60, color=colours[r["network"]],
+                   facecolors=colours[r["network"]] if filled else "none", linewidths=1.5, zorder=3)
+    if paper:
+        for net, p in PAPER_TABLE1.items():
+            ax.scatter(p["fps"], p["dice"], marker="*", s=180, color=colours.get(net, "k"), edgecolors="k",
+                       linewidths=0.8, zorder=4)
+            ax.annotate(f"paper: {p['label']} (i9, PyTorch)", (p["fps"], p["dice"]), textcoords="offset points",
+                        xytext=(6, -10), fontsize=7, style="italic")
+    ax.set_xscale("log")
+    ax.set_xlabel("FPS, model only, single 256x256 inferences (log scale)")
+    froms = sorted({r["dice_from"] for r in best.values() if r.get("dice_from")})
+    ax.set_ylabel("Dice @256 (" + "; ".join(froms) + ")" if froms else "Dice @256")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker=m, ls="", color="gray", label=b) for b, m in markers.items()]
+    handles.append(Line2D([], [], marker="s", ls="", color="gray", label="fp32 file (filled)"))
+    handles.append(Line2D([], [], marker="s", ls="", color="gray", markerfacecolor="none", label="int8/fp16 file"))
+    if paper:
+        handles.append(Line2D([], [], marker="*", ls="", color="gray", markersize=12, label="paper (Table 1)"))
+    handles += [Line2D([], [], marker="o", ls="", color=c, label=n) for n, c in colours.items()]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.grid(True, which="both", alpha=0.3)
+    xs = [r["fps"] for r in best.values()] + ([p["fps"] for p in PAPER_TABLE1.values()] if paper else [])
+    if xs:
+        ax.set_xlim(min(xs) / 1.6, max(xs) * 3.0)  # room for the labels right of the points
+    caption = title or ""
+    if left_out:
+        caption += ("\n" if caption else "") + "no Dice, not shown: " + ", ".join(left_out)
+    if caption:
+        ax.set_title("\n".join(textwrap.fill(line, 110) for line in caption.splitlines()), fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    return path

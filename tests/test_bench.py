@@ -1,0 +1,236 @@
+import csv
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+from conftest import write_threshold_onnx
+
+from edgeseg.cli import main
+from edgeseg.device.bench import (
+    BenchConfig,
+    best_per_network,
+    csv_text,
+    plan,
+    recommend,
+    run_bench,
+    time_predictor,
+)
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_MPL = importlib.util.find_spec("matplotlib") is not None
+
+
+@pytest.fixture
+def zoo(tmp_path):
+    """A tiny zoo: the network "disc" as an FP32 and an INT8-labelled ONNX file, each with its card."""
+    folder = tmp_path / "zoo"
+    folder.mkdir()
+    common = {"source": {"name": "disc"}, "params": 123, "gflops": 0.001}
+    write_threshold_onnx(folder / "disc-fp32.onnx",
+                         card={**common, "precision": "fp32", "metrics": {"test": {"dice_256": 0.80}}})
+    write_threshold_onnx(folder / "disc-int8.onnx",
+                         card={**common, "precision": "int8", "metrics": {"test": {"dice_256": 0.795}}})
+    return folder
+
+
+def fast(zoo, **kw):
+    return BenchConfig(**{"models": ["disc"], "backends": ["onnxruntime", "openvino"], "precisions": ["fp32", "int8"],
+                          "threads": [1], "iterations": 4, "warmup": 1, "zoo": str(zoo), **kw})
+
+
+def test_time_predictor_counts_every_call_and_orders_the_percentiles():
+    calls = []
+
+    def predict(x):
+        calls.append(1)
+        time.sleep(0.002)
+        return x
+
+    t = time_predictor(predict, 0, iterations=10, warmup=3)
+    assert len(calls) == 13
+    lat = t["latency_ms"]
+    assert 2.0 <= lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert t["fps"] == pytest.approx(10 / t["total_s"], rel=1e-2) and t["fps"] < 500
+
+
+def test_plan_picks_one_file_per_backend_and_precision_and_names_what_is_missing(zoo):
+    targets = plan(fast(zoo, precisions=["fp32", "fp16", "int8"], backends=["onnxruntime", "openvino", "torch"]))
+    got = {(t.backend, t.precision): (t.path.name if t.path else None, t.error) for t in targets}
+    assert got[("onnxruntime", "fp32")] == ("disc-fp32.onnx", None)
+    assert got[("onnxruntime", "int8")] == ("disc-int8.onnx", None)
+    assert got[("openvino", "int8")] == ("disc-int8.onnx", None)  # no IR: OpenVINO reads the ONNX file
+    assert "fp16" in got[("onnxruntime", "fp16")][1] and "OpenVINO IR" in got[("onnxruntime", "fp16")][1]
+    assert "edgeseg export disc --format openvino --precision fp16" in got[("openvino", "fp16")][1]
+    assert "no PyTorch checkpoint of disc" in got[("torch", "fp32")][1]
+    assert ("torch", "int8") not in got  # the baseline is the fp32 checkpoint only
+
+
+def test_bench_measures_every_combination_and_failures_become_rows(zoo):
+    result = run_bench(fast(zoo, precisions=["fp32", "fp16", "int8"]))
+    rows = result["rows"]
+    assert len(rows) == 6 and not result["interrupted"]
+    ok = [r for r in rows if not r.get("error")]
+    failed = [r for r in rows if r.get("error")]
+    assert {(r["backend"], r["precision"]) for r in ok} == {
+        ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "int8")}
+    assert {(r["backend"], r["precision"]) for r in failed} == {("onnxruntime", "fp16"), ("openvino", "fp16")}
+    for r in ok:
+        lat = r["latency_ms"]
+        assert r["fps"] > 0 and r["threads"] == 1 and r["iterations"] == 4
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+        assert r["params"] == 123 and r["size_bytes"] == os.path.getsize(r["file"])
+        assert r["executed_precision"] in ("fp32", "int8", "bf16", "fp16") or "int8" in r["executed_precision"]
+    assert all(r["fps"] is None and r["latency_ms"] is None for r in failed)
+    assert result["hardware"]["thermal"]["after"] is not None
+    assert 0.0 <= result["hardware"]["other_cpu_share"] <= 1.0
+
+
+def test_unknown_model_is_a_row_with_its_reason(zoo):
+    rows = run_bench(fast(zoo, models=["nope"]))["rows"]
+    assert len(rows) == 1 and "unknown model 'nope'" in rows[0]["error"] and "disc" in rows[0]["error"]
+
+
+def test_ctrl_c_returns_the_rows_measured_so_far(zoo):
+    seen = []
+
+    def stop_after_first(row):
+        seen.append(row)
+        raise KeyboardInterrupt
+
+    result = run_bench(fast(zoo), on_row=stop_after_first)
+    assert result["interrupted"] is True
+    assert len(result["rows"]) == 1 and result["rows"][0]["fps"] > 0
+
+
+def test_recommendation_is_the_fastest_file_within_a_hundredth_of_the_best_dice():
+    def row(model, backend, fps, dice, network="n", threads=2):
+        return {"model": model, "network": network, "file": f"{model}.onnx", "backend": backend, "precision": "fp32",
+                "executed_precision": "fp32", "threads": threads, "fps": fps, "dice": dice, "dice_from": "card"}
+
+    rows = [row("n", "torch", 10, 0.80), row("n-fp32", "onnxruntime", 100, 0.80),
+            row("n-int8", "onnxruntime", 200, 0.785), row("n-fp32-ov", "openvino", 150, 0.795),
+            {**row("n-fp16", "openvino", None, None), "error": "no file"}]
+    rec = recommend(rows)
+    assert rec["model"] == "n-fp32-ov" and rec["speedup_vs_torch_fp32"] == 15.0
+    assert rec["text"].startswith("recommended: n-fp32-ov on openvino") and "15.0x PyTorch eager FP32" in rec["text"]
+    best = best_per_network(rows)["n"]
+    assert best["best"]["model"] == "n-fp32-ov" and best["ratio"] == 15.0 and best["torch"]["fps"] == 10
+    assert recommend([{**rows[-1]}]) is None
+
+
+def test_cli_writes_json_csv_and_prints_the_table_and_a_recommendation(zoo, tmp_path):
+    out, out_csv = tmp_path / "b.json", tmp_path / "b.csv"
+    res = CliRunner().invoke(main, ["bench", "--zoo", str(zoo), "--models", "disc", "--backends", "onnxruntime",
+                                    "--iterations", "3", "--warmup", "1", "--threads", "1", "--accuracy",
+                                    "--json", str(out), "--csv", str(out_csv)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert {"hardware", "rows", "recommendation", "config", "interrupted"} <= set(data)
+    assert data["hardware"]["cpu"]["logical_cores"] >= 1 and "python" in data["hardware"]
+    assert len(data["rows"]) == 2
+    for r in data["rows"]:
+        assert {"model", "backend", "precision", "threads", "fps", "latency_ms"} <= set(r)
+        assert {"mean", "p50", "p90", "p99"} <= set(r["latency_ms"])
+        assert r["accuracy"]["n_images"] == 8 and 0.0 <= r["dice"] <= 1.0
+        assert r["dice_from"] == "measured: 8-image shipped sample" and r["dice_test"] in (0.80, 0.795)
+    with open(out_csv) as f:
+        table = list(csv.DictReader(f))
+    assert [t["model"] for t in table] == [r["model"] for r in data["rows"]]
+    assert float(table[0]["fps"]) == data["rows"][0]["fps"]
+    assert "recommended: disc-" in res.output and "disc-int8" in res.output and "CPU:" in res.output
+
+
+def test_csv_has_one_line_per_row_with_the_error_column():
+    text = csv_text([{"model": "a", "backend": "openvino", "precision": "fp16", "fps": None, "error": "no file"}])
+    lines = text.strip().splitlines()
+    assert len(lines) == 2 and lines[1].endswith("no file") and lines[0].split(",")[0] == "model"
+
+
+def test_e2e_runs_the_run_pipeline_and_reports_its_stages(zoo):
+    result = run_bench(fast(zoo, backends=["onnxruntime"], precisions=["fp32"], iterations=3, e2e=True,
+                            e2e_source="synthetic:320x240:10"))
+    e2e = result["rows"][0]["e2e"]
+    assert e2e["frames"] == 3 and e2e["fps"] > 0
+    assert {"capture", "preprocess", "inference", "postprocess", "render"} <= set(e2e["stages_ms"])
+
+
+@pytest.mark.skipif(not HAS_MPL, reason="matplotlib is not installed")
+def test_plot_file_is_written(zoo, tmp_path):
+    png = tmp_path / "p.png"
+    res = CliRunner().invoke(main, ["bench", "--zoo", str(zoo), "--models", "disc", "--backends", "onnxruntime",
+                                    "--iterations", "2", "--warmup", "0", "--plot", str(png)])
+    assert res.exit_code == 0, res.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+def test_torch_row_is_the_paper_baseline_on_the_shipped_checkpoint():
+    rows = run_bench(BenchConfig(models=["fast_scnn"], backends=["torch"], precisions=["fp32", "int8"], threads=[1],
+                                 iterations=2, warmup=1))["rows"]
+    assert len(rows) == 1
+    r = rows[0]
+    assert r["backend"] == "torch" and r["format"] == "torch" and r["fps"] > 0 and r["threads"] == 1
+    assert r["params"] == 152881 and r["dice_test"] == pytest.approx(0.8452, abs=1e-4)
+
+
+NO_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['matplotlib'] = None; "
+
+
+def _cli(args, **kw):
+    code = NO_TORCH + "from edgeseg.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, **kw)
+
+
+def test_bench_module_imports_no_torch():
+    code = "import sys, edgeseg.device.bench, edgeseg.device.hardware; print('torch' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.stdout.strip() == "False", res.stderr
+
+
+def test_bench_runs_without_torch_and_plot_asks_for_matplotlib(zoo, tmp_path):
+    out = tmp_path / "b.json"
+    res = _cli(["bench", "--zoo", str(zoo), "--models", "disc", "--iterations", "2", "--warmup", "0",
+                "--json", str(out)])
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out.read_text())
+    assert "torch" not in data["config"]["backends"]
+    assert {r["backend"] for r in data["rows"]} == {"onnxruntime", "openvino"}
+    assert all(r["fps"] > 0 for r in data["rows"])
+    res = _cli(["bench", "--zoo", str(zoo), "--models", "disc", "--plot", str(tmp_path / "p.png")])
+    assert res.returncode != 0 and not (tmp_path / "p.png").exists()
+    assert res.stderr.strip().splitlines() == [
+        "error: --plot needs matplotlib, which is not installed: pip install matplotlib (or pip install "
+        "'edgeseg[train]')"]
+    res = _cli(["bench", "--models", "fast_scnn", "--backends", "torch", "--iterations", "1", "--json", "-"])
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)["rows"]
+    assert len(rows) == 1 and "torch is not installed" in rows[0]["error"]
+
+
+def test_sigint_prints_and_writes_the_rows_so_far(zoo, tmp_path):
+    out = tmp_path / "b.json"
+    # fp16 first: a row at once (no file), then an fp32 row too long to finish
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeseg.cli", "bench", "--zoo", str(zoo), "--models", "disc", "--backends",
+         "onnxruntime", "--precisions", "fp16,fp32", "--threads", "1", "--iterations", "100000000",
+         "--json", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    seen = ""
+    while time.time() < deadline and "disc-fp32 onnxruntime 1" not in seen:  # the fp32 row has begun
+        seen += proc.stderr.read(1) or ""
+        if proc.poll() is not None:
+            break
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted: 1 row(s) measured" in stdout and "no fp16 ONNX file" in stdout
+    data = json.loads(out.read_text())
+    assert data["interrupted"] is True and len(data["rows"]) == 1
