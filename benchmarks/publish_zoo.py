@@ -1,6 +1,7 @@
 """Publish trained runs into the package's model zoo (edge/zoo/), with test metrics in their cards.
 
-    python benchmarks/publish_zoo.py --runs runs/gpu1 --dsb ../shared/data/dsb2018/stage1_train
+    python benchmarks/publish_zoo.py --runs runs/gpu1 runs/gpu2 --dsb ../shared/data/dsb2018/stage1_train
+    python benchmarks/publish_zoo.py --runs runs/gpu1 runs/gpu2 --only fast_scnn --ship fast_scnn=distill_fast_scnn
 
 For each network, the run named in ``SHIPPED`` is copied to ``edge/zoo/<arch>.pt`` (MobileNetV2-UNet's
 weights are stored as float16 to keep the wheel small; they load as float32) and evaluated on the
@@ -32,6 +33,8 @@ SHIPPED = {
     "mobilenetv2_unet": ("ours_mobilenetv2_unet", True),
 }
 GPU_COMMAND = "PAPER_EPOCHS=50 OURS_EPOCHS=100 LIMIT_S=400 bash benchmarks/gpu/train_zoo.sh"
+DISTILL_COMMAND = ("EPOCHS=100 LIMIT_S=410 bash benchmarks/gpu/train_distill.sh, cut runs finished with "
+                   "`edgeseg distill ... --resume` (benchmarks/README.md)")
 LICENCES = {
     "paper": "weights: Apache-2.0; trained on DSB2018 stage1_train (CC0)",
     "ours": "weights: CC BY-NC-SA 4.0 (non-commercial), inherited from MoNuSeg; also trained on DSB2018 (CC0)",
@@ -59,6 +62,19 @@ def test_metrics(predict, card: dict, dsb: Path) -> dict:
     return {**info, **res["summary"], "per_type": res["per_type"]}
 
 
+def licence(card: dict) -> str:
+    """MoNuSeg's CC BY-NC-SA 4.0 follows every model trained on it (whatever the recipe's label)."""
+    spec = str((card.get("data") or {}).get("spec", "")).lower()
+    return LICENCES["ours" if "monuseg" in spec or card["recipe"]["name"].startswith("ours") else "paper"]
+
+
+def find_run(name: str, roots: list[Path]) -> Path:
+    for root in roots:
+        if (root / name / "best.pt").exists():
+            return root / name
+    raise SystemExit(f"error: run {name} not found under {', '.join(map(str, roots))}")
+
+
 def publish(arch: str, run: Path, half: bool, dsb: Path) -> dict:
     card = read_card(run / "best.pt")
     state = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
@@ -66,13 +82,14 @@ def publish(arch: str, run: Path, half: bool, dsb: Path) -> dict:
         state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
     dst = ZOO_DIR / f"{arch}.pt"
     torch.save(state, dst)
-    recipe = card["recipe"]["name"]
+    distilled = "distillation" in card["recipe"]
     card.update(
         name=arch,
         weights_dtype="float16" if half else "float32",
-        licence=LICENCES["ours" if recipe.startswith("ours") else "paper"],
+        licence=licence(card),
         command=card.get("command", ""),
-        training_command=GPU_COMMAND + f"  # run {run.name}; data packed by benchmarks/gpu/pack_data.py",
+        training_command=(DISTILL_COMMAND if distilled else GPU_COMMAND)
+        + f"  # run {run.name}; data packed by benchmarks/gpu/pack_data.py",
         trained_on="NVIDIA H100 (lent GPU box), fp32",
         versions=library_versions(),
     )
@@ -87,11 +104,21 @@ def publish(arch: str, run: Path, half: bool, dsb: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=Path, default=Path("runs/gpu1"))
+    ap.add_argument("--runs", type=Path, nargs="+", default=[Path("runs/gpu1")], help="folders holding the runs")
     ap.add_argument("--dsb", type=Path, default=Path("../shared/data/dsb2018/stage1_train"))
+    ap.add_argument("--only", nargs="+", choices=sorted(SHIPPED), default=None, help="publish these networks only")
+    ap.add_argument("--ship", nargs="+", default=[], metavar="ARCH=RUN", help="ship another run than SHIPPED's")
     a = ap.parse_args()
-    for arch, (run, half) in SHIPPED.items():
-        card = publish(arch, a.runs / run, half, a.dsb)
+    shipped = dict(SHIPPED)
+    for spec in a.ship:
+        arch, _, run = spec.partition("=")
+        if arch not in shipped or not run:
+            raise SystemExit(f"error: --ship {spec}: write ARCH=RUN with ARCH one of {', '.join(shipped)}")
+        shipped[arch] = (run, shipped[arch][1])
+    for arch, (run, half) in shipped.items():
+        if a.only and arch not in a.only:
+            continue
+        card = publish(arch, find_run(run, a.runs), half, a.dsb)
         t = card["metrics"]["test"]
         print(json.dumps({"name": arch, "recipe": card["recipe"]["name"], "dice_256": round(t["dice_256"], 4)}))
 

@@ -365,6 +365,7 @@ class Trainer:
                             if len(per_source) > 1
                             else {}
                         ),
+                        **(self.loss_fn.log_row() if hasattr(self.loss_fn, "log_row") else {}),
                         "train_seconds": round(train_s, 2),
                         "seconds": round(time.perf_counter() - t0, 2),
                     }
