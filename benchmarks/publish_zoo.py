@@ -28,7 +28,7 @@ from edgeseg.zoo import ZOO_DIR
 #: arch -> (run folder name, store as float16?)  -- chosen by DSB2018 test Dice (ties: the run that also
 #: learnt stained tissue), see benchmarks/README.md
 SHIPPED = {
-    "half_unet": ("paper_half_unet", False),
+    "half_unet": ("distill_half_unet_alpha0", False),  # light aug + MoNuSeg + instance head, no teacher
     "fast_scnn": ("paper_fast_scnn", False),
     "mobilenetv2_unet": ("ours_mobilenetv2_unet", True),
 }

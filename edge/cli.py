@@ -155,7 +155,7 @@ def models(as_json: bool) -> None:
     show_default=True,
     help="mobilenetv2_unet encoder: imagenet, a state-dict PATH, none, or auto (imagenet if found offline).",
 )
-@click.option("--augment", type=click.Choice(["paper", "ours", "none"]), default="paper", show_default=True)
+@click.option("--augment", type=click.Choice(["paper", "light", "ours", "none"]), default="paper", show_default=True)
 @click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True)
 @click.option("--warmup-epochs", default=0, show_default=True)
 @click.option("--instance/--binary", default=False, help="Add the nucleus-boundary output (instance head).")

@@ -46,6 +46,8 @@ def test_eval_json_has_the_contract_fields(trained_run, sample_dir_module):
     assert {"dice", "iou", "map", "f1_50", "count_mae", "n_images", "dice_256", "per_type"} <= set(out)
     assert out["n_images"] == 8 and 0.0 <= out["dice"] <= 1.0
     assert set(out["per_type"]) == {"fluorescence", "stained"}
+    assert {"map", "f1_50", "count_mae", "count_bias"} == set(out["cc"])  # plain connected components, for comparison
+    assert 0 <= out["n_tiled"] <= 2  # only the 360x360 and 520x696 frames are large enough to be tiled
 
 
 def test_eval_of_a_paired_folder_defaults_to_all_images(trained_run, tmp_path):
