@@ -40,7 +40,7 @@ import numpy as np
 
 from edgeseg.errors import EdgesegError
 from edgeseg.fsutil import atomic_path, atomic_write_json, atomic_write_text
-from edgeseg.zoo import FORMATS, ModelRef, zoo_entries
+from edgeseg.zoo import FORMATS, SAMPLE_DIR, ModelRef, zoo_entries
 
 from .hardware import cpu_snapshot, hardware_report, other_cpu_share, thermal_sample
 
@@ -50,7 +50,6 @@ BACKENDS = ("onnxruntime", "openvino", "torch")
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_PRECISIONS = ("fp32", "int8")
 DICE_TOLERANCE = 0.01  # the recommendation: the fastest file whose Dice is within this of the best
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "edge" / "samples" / "dsb2018_sample"
 CLIP_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".tif", ".tiff")
 PAPER_TABLE1 = {  # Table 1 of the paper: Intel Core i9 desktop, CPU only, PyTorch 1.13
     "half_unet": {"label": "U-Net (Half-UNet)", "params_m": 0.118, "fps": 55.7, "dice": 0.8713, "time5_s": 300.81},

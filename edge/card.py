@@ -15,7 +15,6 @@ from pathlib import Path
 
 from .errors import ModelError
 from .fsutil import atomic_write_json, sha256_file
-from .preprocess import DEFAULT_NORMALISATION
 
 CARD_SCHEMA = 1
 CARD_SUFFIX = ".card.json"
@@ -51,6 +50,8 @@ def card_path(model_file: str | Path) -> Path:
 
 def new_card(arch: str, **fields) -> dict:
     """A card with the defaults every model shares; ``fields`` override them."""
+    from .preprocess import DEFAULT_NORMALISATION  # OpenCV: kept out of `edgeseg --help`'s imports
+
     card = {
         "schema": CARD_SCHEMA,
         "name": arch,

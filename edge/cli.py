@@ -12,9 +12,8 @@ from pathlib import Path
 import click
 
 from .errors import EdgesegError
+from .zoo import SAMPLE_CLIP, SAMPLE_DIR  # light: the zoo module needs only the card helpers
 
-SAMPLE_DIR = Path(__file__).resolve().parent / "samples" / "dsb2018_sample"
-SAMPLE_CLIP = Path(__file__).resolve().parent / "samples" / "clip" / "cancer_cell_migration_crop.tif"
 DEFAULT_RUN_MODEL = "fast_scnn-int8"  # the model `edgeseg run` uses when none is given (the shipped Fast-SCNN INT8)
 
 

@@ -14,6 +14,9 @@ from .card import CARD_SUFFIX, card_path, read_card
 from .errors import ModelError
 
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
+SAMPLES_DIR = Path(__file__).resolve().parent / "samples"  # data shipped in the package
+SAMPLE_DIR = SAMPLES_DIR / "dsb2018_sample"  # 8 DSB2018 test-split images with masks (Kaggle layout)
+SAMPLE_CLIP = SAMPLES_DIR / "clip" / "cancer_cell_migration_crop.tif"  # the demo time-lapse
 FORMATS = {".pt": "torch", ".onnx": "onnx", ".xml": "openvino"}
 
 
