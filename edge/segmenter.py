@@ -198,26 +198,14 @@ class Segmenter:
         elif self.tile == "auto" and max(h, w) < s:
             scale = 1.0  # a frame smaller than the input is padded at native scale, not enlarged (nuclei would swell)
         elif self.tile == "always" or (self.tile == "auto" and max(h, w) > RESIZE_LIMIT * s):
-            t1 = time.perf_counter()
-            small = resize_to(rgb, s)
-            ms["preprocess"] += (time.perf_counter() - t1) * 1e3
-            t1 = time.perf_counter()
-            coarse = self._infer([small])[0]
-            ms["inference"] += (time.perf_counter() - t1) * 1e3
+            coarse = self._whole(rgb, ms)
             scale, diameter = self._choose_scale(coarse, h, w)
             if diameter is not None:
                 plan["estimated_diameter_px"] = diameter
                 if self.remember_scale:
                     self._scales[(h, w)] = scale or 0.0
         if scale is None:
-            if coarse is None:
-                t1 = time.perf_counter()
-                small = resize_to(rgb, s)
-                ms["preprocess"] += (time.perf_counter() - t1) * 1e3
-                t1 = time.perf_counter()
-                coarse = self._infer([small])[0]
-                ms["inference"] += (time.perf_counter() - t1) * 1e3
-            probs = coarse
+            probs = coarse if coarse is not None else self._whole(rgb, ms)
         else:
             probs, n_tiles = self._tiled(rgb, scale, ms)
             if known is None:  # refine once: the coarse view merges and misses nuclei, the tiles see them
@@ -231,6 +219,16 @@ class Segmenter:
         plan["timings"] = ms
         plan["total_ms"] = (time.perf_counter() - t0) * 1e3
         return probs, plan
+
+    def _whole(self, rgb: np.ndarray, ms: dict) -> np.ndarray:
+        """The whole frame resized to the input size -> C x S x S probabilities (stage times added to ``ms``)."""
+        t1 = time.perf_counter()
+        small = resize_to(rgb, self.input_size)
+        ms["preprocess"] += (time.perf_counter() - t1) * 1e3
+        t1 = time.perf_counter()
+        probs = self._infer([small])[0]
+        ms["inference"] += (time.perf_counter() - t1) * 1e3
+        return probs
 
     def _tiled(self, rgb: np.ndarray, scale: float, ms: dict) -> tuple[np.ndarray, int]:
         """The frame rescaled by ``scale``, cut into overlapping input-size tiles, run, stitched."""

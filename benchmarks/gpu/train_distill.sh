@@ -25,17 +25,7 @@ LIMIT=${LIMIT:-}  # smoke tests: train on the first N images of each source
 mkdir -p "$OUT" "$RUNS"
 OUT=$(cd "$OUT" && pwd)
 t0=$(date +%s)
-if [ -d .whl ] && ! $PY -c "import albumentations" 2>/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-if ! $PY -c "import edgeseg.train" 2>/dev/null; then  # the package-dir mapping, by links
-  rm -rf /tmp/pkg && mkdir -p /tmp/pkg/edgeseg
-  ln -s "$PWD"/edge/* /tmp/pkg/edgeseg/
-  for d in train export device; do ln -s "$PWD/$d" /tmp/pkg/edgeseg/$d; done
-  export PYTHONPATH=/tmp/pkg${PYTHONPATH:+:$PYTHONPATH}
-fi
-export EDGESEG_CACHE=${EDGESEG_CACHE:-/tmp/cache} PYTHONUNBUFFERED=1
+. benchmarks/gpu/setup.sh  # albumentations from .whl/, edgeseg by links, EDGESEG_CACHE
 if [ ! -d .gpu/dsb256 ] && [ -d build/gpuw ]; then  # the lossless WebP transport copy (see webp_pack.py)
   $PY benchmarks/gpu/webp_pack.py unpack build/gpuw .gpu || exit 1
 fi

@@ -12,17 +12,7 @@ OURS_EPOCHS=${OURS_EPOCHS:-100}
 LIMIT_S=${LIMIT_S:-420}
 WORKERS=${WORKERS:-2}
 mkdir -p "$OUT" "$RUNS"
-if [ -d .whl ] && ! $PY -c "import albumentations" 2>/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-if ! $PY -c "import edgeseg.train" 2>/dev/null; then  # the package-dir mapping, by links
-  rm -rf /tmp/pkg && mkdir -p /tmp/pkg/edgeseg
-  ln -s "$PWD"/edge/* /tmp/pkg/edgeseg/
-  for d in train export device; do ln -s "$PWD/$d" /tmp/pkg/edgeseg/$d; done
-  export PYTHONPATH=/tmp/pkg${PYTHONPATH:+:$PYTHONPATH}
-fi
-export EDGESEG_CACHE=${EDGESEG_CACHE:-/tmp/cache} PYTHONUNBUFFERED=1
+. benchmarks/gpu/setup.sh  # albumentations from .whl/, edgeseg by links, EDGESEG_CACHE
 ES="$PY -m edgeseg.cli"
 W=.gpu/mnv2_features_fp16.pth
 # build the caches once, before the parallel runs
