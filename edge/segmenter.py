@@ -267,7 +267,9 @@ class Segmenter:
         if diameter is not None and self.tile == "auto" and diameter >= MIN_SCALE_FRACTION * self.training_diameter:
             return None, diameter / squeeze  # nuclei are big enough at the input size: keep the resize
         if diameter is None:
-            scale = 1.0  # nothing found at the input size: look at native scale
+            if self.tile == "auto":
+                return None, None  # nothing to measure at the input size: keep the resize (no evidence to tile)
+            scale = 1.0  # tile="always" without an estimate: native scale
         else:
             scale = min(1.0, self.training_diameter * squeeze / diameter)
         n_tiles = len(tile_grid(max(round(h * scale), 1), max(round(w * scale), 1), s, TILE_OVERLAP))

@@ -1,0 +1,140 @@
+"""Binary head vs instance head (foreground + nucleus boundary), per network: counting, not blobs.
+
+    python benchmarks/instance_table.py --runs runs/gpu1                   # the six zoo training runs
+    python benchmarks/instance_table.py --runs runs/gpu1 --extra runs/distill/distill_fast_scnn
+
+For each network, the binary model (paper recipe: one output, connected components or distance watershed)
+and the instance model (a second, boundary output and a boundary-seeded watershed), both with the
+post-processing chosen on validation and stored in their cards, are scored on the canonical DSB2018 test
+split (68 images) exactly as `edgeseg eval` does (post-processing chosen on the validation split by DSB mAP, as
+for the zoo): Dice, F1@0.5, DSB mAP, count MAE, and the same instance
+metrics with plain connected components on the same probabilities. Params come from the cards; model-only
+FPS is the paper's method (100 single 256x256 inferences after 10 warm-ups) on the FP32 ONNX export with ONNX
+Runtime, and the post-processing's own milliseconds per test image are measured too.
+Writes benchmarks/results/instance_table.md and .json (with the machine it ran on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.backends import open_backend
+from edgeseg.data import find_items, load_sample
+from edgeseg.device.bench import time_predictor
+from edgeseg.device.hardware import hardware_report
+from edgeseg.evaluate import evaluate
+from edgeseg.export.onnx import torch_to_onnx
+from edgeseg.fsutil import atomic_write_json, atomic_write_text
+from edgeseg.postprocess import PostprocessConfig, postprocess
+from edgeseg.segmenter import Segmenter
+from edgeseg.split import select_items
+from edgeseg.train.predict import load_checkpoint, torch_predictor
+from edgeseg.zoo import resolve_model
+
+HERE = Path(__file__).resolve().parent
+DSB = HERE.parent.parent / "shared" / "data" / "dsb2018" / "stage1_train"
+sys.path.insert(0, str(HERE))
+from publish_zoo import tuned_postprocess  # noqa: E402  (the zoo's own validation tuning)
+
+NETWORKS = ("half_unet", "mobilenetv2_unet", "fast_scnn")
+
+
+def model_fps(ref, threads: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = torch_to_onnx(load_checkpoint(ref.path, ref.card).float(), ref.card, Path(tmp) / "m.onnx")
+        backend = open_backend(path, "onnxruntime", threads=threads)
+        x = np.zeros((1, 3, *ref.card["input_size"]), np.float32)
+        return time_predictor(backend, x, iterations=100, warmup=10)
+
+
+def score(run: str, samples: list, threads: int) -> dict:
+    ref = resolve_model(run)
+    card = dict(ref.card)
+    predict = torch_predictor(load_checkpoint(ref.path, card))
+    card["postprocess"] = tuned_postprocess(predict, card, DSB)  # as for the zoo: chosen on validation by mAP
+    seg = Segmenter(predict, card, name=ref.name)
+    res = evaluate(seg, samples, compare_cc=True, progress=True, total=len(samples))
+    cc = PostprocessConfig("cc", seg.post.threshold, min_size=seg.post.min_size)
+    own_ms, cc_ms = [], []
+    for s in samples:
+        probs, _ = seg.probabilities(s.image)
+        for cfg, acc in ((seg.post, own_ms), (cc, cc_ms)):
+            t0 = time.perf_counter()
+            postprocess(probs, s.labels.shape, cfg)
+            acc.append((time.perf_counter() - t0) * 1e3)
+    return {
+        "run": run,
+        "arch": card["arch"],
+        "head": "instance" if int(card.get("out_channels", 1)) > 1 else "binary",
+        "recipe": (card.get("recipe") or {}).get("name"),
+        "teacher": (card.get("distillation") or {}).get("teacher"),
+        "params": card.get("params"),
+        "postprocess": seg.post.to_dict(),
+        "summary": res["summary"],
+        "per_type": res["per_type"],
+        "postprocess_ms": float(np.mean(own_ms)),
+        "cc_postprocess_ms": float(np.mean(cc_ms)),
+        "model_only": model_fps(ref, threads),
+    }
+
+
+def table(rows: list[dict], hardware: dict) -> str:
+    cpu = hardware.get("cpu", {}).get("model", "?")
+    lines = [
+        "# Binary head vs instance head (DSB2018 canonical test split, 68 images)",
+        "",
+        "Regenerate: `python benchmarks/instance_table.py --runs runs/gpu1` (training runs from",
+        "`benchmarks/gpu/train_zoo.sh`). \"own\" = the model's post-processing from its card; \"cc\" = plain",
+        "connected components on the same probabilities. FPS: model only, FP32 ONNX on ONNX Runtime,",
+        f"{rows[0]['threads'] if rows else '?'} threads, on {cpu} (a shared 2-core machine: compare ratios, not",
+        "absolute numbers). The binary models are the paper recipe, the instance models our recipe (community-",
+        "fixed masks, MoNuSeg mixed in, heavier augmentation, boundary output): the head is not the only",
+        "difference, see benchmarks/README.md.",
+        "",
+        "| network | head | recipe | params | Dice | F1@0.5 own / cc | mAP own / cc | count MAE own / cc "
+        "| MAE cc/own | FPS | post ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        s, c = r["summary"], r["summary"]["cc"]
+        ratio = c["count_mae"] / s["count_mae"] if s["count_mae"] else float("inf")
+        lines.append(
+            f"| {r['arch']} | {r['head']} | {r['recipe'] or ''}{' (distilled)' if r['teacher'] else ''} "
+            f"| {r['params']:,} | {s['dice']:.3f} | {s['f1_50']:.3f} / {c['f1_50']:.3f} | {s['map']:.3f} / "
+            f"{c['map']:.3f} | {s['count_mae']:.1f} / {c['count_mae']:.1f} | {ratio:.1f}x "
+            f"| {r['model_only']['fps']:.0f} | {r['postprocess_ms']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", default="runs/gpu1", help="Folder with paper_NET and ours_NET training runs.")
+    ap.add_argument("--extra", nargs="*", default=[], help="More run folders or zoo names (e.g. distilled).")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(HERE / "results" / "instance_table"))
+    args = ap.parse_args()
+    items, _ = select_items(find_items(DSB), "test", where=str(DSB))
+    samples = [load_sample(it) for it in items]
+    runs = [str(Path(args.runs) / f"{recipe}_{net}") for net in NETWORKS for recipe in ("paper", "ours")]
+    rows = []
+    for run in runs + list(args.extra):
+        row = score(run, samples, args.threads)
+        row["threads"] = args.threads
+        rows.append(row)
+        print(f"{run}: Dice {row['summary']['dice']:.3f} F1 {row['summary']['f1_50']:.3f}", flush=True)
+    hw = hardware_report()
+    out = Path(args.out)
+    atomic_write_json(out.with_suffix(".json"), {"hardware": hw, "rows": rows})
+    atomic_write_text(out.with_suffix(".md"), table(rows, hw))
+    print(table(rows, hw))
+
+
+if __name__ == "__main__":
+    main()
