@@ -57,9 +57,12 @@ def main(debug: bool) -> None:
 
     \b
     Examples:
+      edgeseg run                                  # the shipped clip through fast_scnn-int8, FPS summary
+      edgeseg run --source picam --serve 0.0.0.0:8080 --token SECRET
       edgeseg models
+      edgeseg bench --json bench.json
+      edgeseg eval fast_scnn-int8 --data ../shared/data/dsb2018/stage1_train --split test --json
       edgeseg train fast_scnn --data ../shared/data/dsb2018/stage1_train --out runs/fast_scnn
-      edgeseg eval runs/fast_scnn --data ../shared/data/dsb2018/stage1_train --split test --json
     """
 
 
