@@ -112,9 +112,33 @@ def torch_to_onnx(
         )
     model = onnx.load(str(out_path))
     onnx.checker.check_model(model)
+    flush_subnormals(model)
     set_onnx_card(model, card)
     onnx.save(model, str(out_path))
     return Path(out_path)
+
+
+def flush_subnormals(model: onnx.ModelProto) -> int:
+    """Set float32 initializers below the smallest normal float (|w| < 1.18e-38) to zero; returns how many.
+
+    Training leaves such subnormal weights behind (112k of 6.6M in one of our MobileNetV2-UNet runs), and x86
+    CPUs compute with them in microcode: that file ran at 2.9 FPS on ONNX Runtime instead of 33. Their value
+    is below anything the network can express, so zero changes no output (the parity check still runs).
+    """
+    from onnx import numpy_helper
+
+    tiny = np.finfo(np.float32).tiny
+    flushed = 0
+    for init in model.graph.initializer:
+        if init.data_type != onnx.TensorProto.FLOAT:
+            continue
+        a = numpy_helper.to_array(init)
+        sub = (np.abs(a) < tiny) & (a != 0)
+        if sub.any():
+            flushed += int(sub.sum())
+            a = np.where(sub, np.float32(0), a).astype(np.float32)
+            init.CopyFrom(numpy_helper.from_array(a, init.name))
+    return flushed
 
 
 def sigmoid_inputs(model: onnx.ModelProto) -> list[str]:

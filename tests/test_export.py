@@ -22,7 +22,7 @@ from edgeseg.cli import main
 from edgeseg.errors import DataError, EdgesegError, ModelError
 from edgeseg.export.calibration import calibration_set, guard_set, stratified_sample
 from edgeseg.export.guard import GuardFailed, climb, file_dice
-from edgeseg.export.onnx import logit_parity, output_names, torch_to_onnx
+from edgeseg.export.onnx import flush_subnormals, logit_parity, output_names, torch_to_onnx
 from edgeseg.export.pipeline import export_model, parity_inputs
 from edgeseg.export.quantize import onnx_float_ends
 from edgeseg.segmenter import Segmenter
@@ -96,6 +96,25 @@ def test_two_channel_model_exports_foreground_and_boundary_outputs(tmp_path):
     with torch.no_grad():
         want = torch.sigmoid(net(torch.from_numpy(x))).numpy()
     np.testing.assert_allclose(open_backend(path)(x), want, atol=1e-4)
+    assert logit_parity(net, path, x)["max_abs_prob_diff"] <= 1e-4
+
+
+def test_export_flushes_subnormal_weights_that_slow_x86_cpus(tmp_path):
+    torch.manual_seed(0)
+    net = build_model("fast_scnn").eval()
+    first_conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    with torch.no_grad():
+        first_conv.weight.view(-1)[:5] = torch.tensor([1e-40, -3e-39, 1e-39, 2.0, 0.0])  # 3 subnormals
+    path = torch_to_onnx(net, new_card("fast_scnn"), tmp_path / "f.onnx")
+    tiny = np.finfo(np.float32).tiny
+    weights = [onnx.numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer if i.data_type == 1]
+    assert sum(int(((np.abs(w) < tiny) & (w != 0)).sum()) for w in weights) == 0
+    init = onnx.numpy_helper.from_array(np.array([1e-40, 2.0, -3e-39, 0.0], np.float32), "w")
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [], [init]))
+    assert flush_subnormals(model) == 2
+    assert model.graph.initializer[0].name == "w"
+    assert onnx.numpy_helper.to_array(model.graph.initializer[0]).tolist() == [0.0, 2.0, 0.0, 0.0]  # normal kept
+    x = np.random.default_rng(0).normal(size=(1, 3, 256, 256)).astype(np.float32)
     assert logit_parity(net, path, x)["max_abs_prob_diff"] <= 1e-4
 
 
