@@ -23,6 +23,7 @@ from edgeseg.evaluate import choose_postprocess, evaluate, postprocess_candidate
 from edgeseg.postprocess import PostprocessConfig
 from edgeseg.split import select_items
 from edgeseg.train.predict import load_checkpoint, torch_predictor
+from edgeseg.train.trainer import TrainConfig, load_sources, nucleus_diameters
 from edgeseg.zoo import ZOO_DIR
 
 #: arch -> (run folder name, store as float16?)  -- chosen by DSB2018 test Dice (ties: the run that also
@@ -68,6 +69,30 @@ def licence(card: dict) -> str:
     return LICENCES["ours" if "monuseg" in spec or card["recipe"]["name"].startswith("ours") else "paper"]
 
 
+#: the GPU box's packed data (benchmarks/gpu/pack_data.py) -> the folders and scales it was made from
+GPU_DATA = {
+    ".gpu/dsb256": ("../shared/data/dsb2018/stage1_train", None),
+    ".gpu/monuseg06": ("../shared/data/monuseg_train", 0.6),
+    ".gpu/dsb256_fixes": ("../shared/data/dsb2018/stage1_train_fixes", None),
+}
+
+
+def training_scale(card: dict) -> dict:
+    """The card's training scale (overall and per image type) from the training entries its run saw, rebuilt
+    with the trainer's own loader from the folders the GPU box's packed data came from."""
+    def local(root: str, scale: float | None) -> str:
+        path, base = GPU_DATA.get(root.rstrip("/"), (root, None))
+        s = base if scale in (None, 1.0) and base is not None else scale
+        return f"{path}@{s}" if s else path
+
+    data = card["data"]
+    spec = ",".join(local(src["root"], src.get("scale")) for src in data["sources"])
+    fixes = GPU_DATA.get(str(data.get("mask_fixes") or ""), (data.get("mask_fixes"), None))[0]
+    cfg = TrainConfig(model=card["arch"], data=spec, mask_fixes=fixes, size=int(card["input_size"][0]))
+    entries = [(src.cached, i) for src in load_sources(cfg, progress=True) for i in src.train]
+    return nucleus_diameters(entries)
+
+
 def find_run(name: str, roots: list[Path]) -> Path:
     for root in roots:
         if (root / name / "best.pt").exists():
@@ -95,6 +120,7 @@ def publish(arch: str, run: Path, half: bool, dsb: Path) -> dict:
     )
     card["data"]["note"] = (".gpu/dsb256 is stage1_train as the 256x256 cache holds it; .gpu/monuseg06 is MoNuSeg "
                             "train+val tiles resized by 0.6 (= monuseg_train@0.6); see benchmarks/gpu/pack_data.py")
+    card["training_scale"] = training_scale(card)
     predict = torch_predictor(load_checkpoint(dst, card))  # the shipped (possibly float16) weights
     card["postprocess"] = tuned_postprocess(predict, card, dsb)
     card["metrics"] = {"val": card["metrics"]["val"], "test": test_metrics(predict, card, dsb)}

@@ -6,7 +6,8 @@
     result.count, result.labels, result.mask, result.timings
 
 Scale policy (``tile="auto"``, the default): a network only knows nuclei of the size it was trained
-on (the card's ``training_scale``, the median nucleus diameter in input pixels). A frame close to the
+on (the card's ``training_scale``: the median nucleus diameter in input pixels, per image type where the
+card has it, since a mixed run learns DSB brightfield squeezed to ~5 px and H&E crops at ~12 px). A frame close to the
 input size is resized, as the paper does; a smaller one is padded at native scale, not enlarged (then
 rescaled once if its nuclei are far from the training scale). A larger frame is first seen whole at the
 input size; if the nuclei found there are smaller than the training scale (a 1000x1000 40x tissue tile
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import image_type
 from .errors import ModelError
 from .postprocess import PostprocessConfig, cut_tiles, postprocess, stitch, tile_grid
 from .preprocess import DEFAULT_NORMALISATION, normalise, resize_to, to_rgb8
@@ -100,6 +102,7 @@ class Segmenter:
         self.channel = channel
         scale = self.card.get("training_scale") or {}
         self.training_diameter = float(scale.get("median_nucleus_diameter_px") or DEFAULT_TRAINING_DIAMETER)
+        self.training_diameters = {t: float(d) for t, d in (scale.get("per_type") or {}).items() if d}
         self.backend_info = dict(backend_info or {})
         self.remember_scale = False  # the runtime sets this: one estimate per frame size, not per frame
         self._scales: dict[tuple[int, int], float] = {}
@@ -199,7 +202,7 @@ class Segmenter:
             scale = 1.0  # a frame smaller than the input is padded at native scale, not enlarged (nuclei would swell)
         elif self.tile == "always" or (self.tile == "auto" and max(h, w) > RESIZE_LIMIT * s):
             coarse = self._whole(rgb, ms)
-            scale, diameter = self._choose_scale(coarse, h, w)
+            scale, diameter = self._choose_scale(coarse, h, w, self.target_diameter(rgb))
             if diameter is not None:
                 plan["estimated_diameter_px"] = diameter
                 if self.remember_scale:
@@ -209,7 +212,7 @@ class Segmenter:
         else:
             probs, n_tiles = self._tiled(rgb, scale, ms)
             if known is None:  # refine once: the coarse view merges and misses nuclei, the tiles see them
-                better = self._refined_scale(probs, scale, h, w)
+                better = self._refined_scale(probs, scale, h, w, self.target_diameter(rgb))
                 if better is not None:
                     scale = better
                     probs, n_tiles = self._tiled(rgb, scale, ms)
@@ -219,6 +222,13 @@ class Segmenter:
         plan["timings"] = ms
         plan["total_ms"] = (time.perf_counter() - t0) * 1e3
         return probs, plan
+
+    def target_diameter(self, rgb: np.ndarray) -> float:
+        """The nucleus diameter (input pixels) the model learnt for this kind of frame: its card's per-image-type
+        training scale (fluorescence / brightfield / stained) where it has one, else the overall median."""
+        if not self.training_diameters:
+            return self.training_diameter
+        return self.training_diameters.get(image_type(rgb[::4, ::4]), self.training_diameter)
 
     def _whole(self, rgb: np.ndarray, ms: dict) -> np.ndarray:
         """The whole frame resized to the input size -> C x S x S probabilities (stage times added to ``ms``)."""
@@ -248,30 +258,30 @@ class Segmenter:
         ms["preprocess"] += (time.perf_counter() - t1) * 1e3
         return probs, len(grid)
 
-    def _refined_scale(self, probs: np.ndarray, scale: float, h: int, w: int) -> float | None:
+    def _refined_scale(self, probs: np.ndarray, scale: float, h: int, w: int, target: float) -> float | None:
         """A better tile scale from the nuclei seen in the tiles, or None when ``scale`` is within 20 %."""
         diameter = median_diameter(postprocess(probs, probs.shape[1:], self.post)[1])
         if diameter is None:
             return None
-        better = min(1.0, scale * self.training_diameter / diameter)
+        better = min(1.0, scale * target / diameter)
         n_tiles = len(tile_grid(max(round(h * better), 1), max(round(w * better), 1), self.input_size, TILE_OVERLAP))
         if n_tiles > MAX_TILES:
             better *= (MAX_TILES / n_tiles) ** 0.5
         return better if abs(better / scale - 1.0) > 0.2 else None
 
-    def _choose_scale(self, coarse: np.ndarray, h: int, w: int) -> tuple[float | None, float | None]:
+    def _choose_scale(self, coarse: np.ndarray, h: int, w: int, target: float) -> tuple[float | None, float | None]:
         """From the whole frame seen at the input size: (tile scale or None to keep the resize, frame diameter)."""
         s = self.input_size
         diameter = median_diameter(postprocess(coarse, (s, s), self.post)[1])
         squeeze = (s / h * s / w) ** 0.5  # frame -> input pixels when the frame is squeezed to S x S
-        if diameter is not None and self.tile == "auto" and diameter >= MIN_SCALE_FRACTION * self.training_diameter:
+        if diameter is not None and self.tile == "auto" and diameter >= MIN_SCALE_FRACTION * target:
             return None, diameter / squeeze  # nuclei are big enough at the input size: keep the resize
         if diameter is None:
             if self.tile == "auto":
                 return None, None  # nothing to measure at the input size: keep the resize (no evidence to tile)
             scale = 1.0  # tile="always" without an estimate: native scale
         else:
-            scale = min(1.0, self.training_diameter * squeeze / diameter)
+            scale = min(1.0, target * squeeze / diameter)
         n_tiles = len(tile_grid(max(round(h * scale), 1), max(round(w * scale), 1), s, TILE_OVERLAP))
         if n_tiles > MAX_TILES:  # keep the work bounded on huge frames
             scale *= (MAX_TILES / n_tiles) ** 0.5

@@ -136,3 +136,17 @@ def test_a_frame_smaller_than_the_input_is_padded_not_enlarged(model):
     assert result.count == labels.max()
     enlarged = Segmenter.load(model, threads=1, tile="never")(frame)
     assert enlarged.scale == pytest.approx(256 / 130)
+
+
+def test_per_type_training_scale_keeps_a_modality_learnt_small_resized(model):
+    from edgeseg.card import read_card
+
+    frame, _ = disc_frame((1000, 1000), diameter=24, spacing=50)  # 6 px at the input size
+    card = read_card(model)
+    backend = open_backend(model, threads=1)
+    overall = Segmenter(backend, {**card, "training_scale": {"median_nucleus_diameter_px": 12.0}})
+    assert overall(frame).tiled  # 6 px < 12 px: tiled
+    learnt_small = {"median_nucleus_diameter_px": 12.0, "per_type": {"fluorescence": 5.0, "stained": 12.0}}
+    seg = Segmenter(backend, {**card, "training_scale": learnt_small})
+    assert seg.target_diameter(frame) == 5.0  # a dark background with bright nuclei reads as fluorescence
+    assert not seg(frame).tiled  # this model learnt fluorescence nuclei at 5 px: keep the resize

@@ -167,6 +167,27 @@ def load_sources(cfg: TrainConfig, progress: bool) -> list[Source]:
     return sources
 
 
+def nucleus_diameters(entries: list, max_entries: int = 400) -> dict:
+    """The training scale of a model, for its card: the median equivalent diameter (input pixels) of the nuclei
+    in (a regular sample of) its training entries, overall and per image type (fluorescence / brightfield /
+    stained, as :func:`edgeseg.data.image_type` classifies frames), since a mixed run may learn each modality
+    at its own scale (DSB brightfield squeezed to ~5 px, MoNuSeg crops at ~12 px)."""
+    from edgeseg.data import image_type
+
+    pooled, per_type = [], {}
+    for cached, i in entries[:: max(1, len(entries) // max_entries)]:
+        counts = np.bincount(np.asarray(cached.labels[i]).ravel())[1:]
+        diam = list(2 * np.sqrt(counts[counts > 0] / np.pi))
+        pooled += diam
+        per_type.setdefault(image_type(np.asarray(cached.images[i])), []).extend(diam)
+    if not pooled:
+        return {"median_nucleus_diameter_px": None, "per_type": {}}
+    return {
+        "median_nucleus_diameter_px": round(float(np.median(pooled)), 2),
+        "per_type": {t: round(float(np.median(d)), 2) for t, d in sorted(per_type.items()) if len(d) >= 20},
+    }
+
+
 class Trainer:
     """Fit a network on a dataset folder. ``loss_fn(logits, targets, batch)`` is pluggable (distillation)."""
 
@@ -388,11 +409,7 @@ class Trainer:
 
     def median_nucleus_diameter(self, max_entries: int = 200) -> float:
         """Median equivalent diameter (input pixels) of the training nuclei: the scale the model learnt."""
-        diam = []
-        for cached, i in self._entries("train")[:: max(1, len(self._entries("train")) // max_entries)]:
-            counts = np.bincount(np.asarray(cached.labels[i]).ravel())[1:]
-            diam += list(2 * np.sqrt(counts[counts > 0] / np.pi))
-        return round(float(np.median(diam)), 2) if diam else None
+        return nucleus_diameters(self._entries("train"), max_entries)["median_nucleus_diameter_px"]
 
     def _source_info(self) -> list[dict]:
         return [
@@ -452,7 +469,7 @@ class Trainer:
                 "loss": "bce+dice",
                 **cfg.extra,
             },
-            training_scale={"median_nucleus_diameter_px": summary["training_scale_px"]},
+            training_scale=nucleus_diameters(self._entries("train")),
             command=cfg.command,
             training=summary,
             metrics={"val": {"dice_256": round(val_dice, 5)}},
