@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 from conftest import disc_frame, write_threshold_onnx
@@ -150,3 +151,16 @@ def test_per_type_training_scale_keeps_a_modality_learnt_small_resized(model):
     seg = Segmenter(backend, {**card, "training_scale": learnt_small})
     assert seg.target_diameter(frame) == 5.0  # a dark background with bright nuclei reads as fluorescence
     assert not seg(frame).tiled  # this model learnt fluorescence nuclei at 5 px: keep the resize
+
+
+def test_nucleus_diameter_is_one_nucleus_wide_even_in_a_clump():
+    from edgeseg.segmenter import nucleus_diameter
+
+    _, discs = disc_frame((300, 300), diameter=16, spacing=40)
+    assert nucleus_diameter(discs) == pytest.approx(16, abs=1.5)
+    clumps = np.zeros((300, 300), np.int32)  # chains of 4 overlapping discs, each chain one merged object
+    for k, y in enumerate(range(30, 300, 50), start=1):
+        for x in (40, 52, 64, 76):
+            cv2.circle(clumps, (x, y), 8, k, -1)
+    assert nucleus_diameter(clumps) == pytest.approx(16, abs=1.5)  # an area-based diameter would say ~27
+    assert nucleus_diameter(np.zeros((50, 50), np.int32)) is None
