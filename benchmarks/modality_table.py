@@ -16,6 +16,7 @@ import json
 import time
 from pathlib import Path
 
+from edgeseg.cli import segmenter_for
 from edgeseg.data import find_items, load_sample
 from edgeseg.evaluate import evaluate
 from edgeseg.fsutil import atomic_write_json, atomic_write_text
@@ -31,19 +32,9 @@ DATA = {
 TARGETS = {"mobilenetv2_unet": 0.80, "fast_scnn": 0.75}  # MoNuSeg test Dice targets of the stained-tissue issue
 
 
-def segmenter(spec: str):
-    ref = resolve_model(spec)
-    if ref.format == "torch":
-        from edgeseg.train.predict import torch_segmenter
-
-        return ref, torch_segmenter(ref)
-    from edgeseg.segmenter import Segmenter
-
-    return ref, Segmenter.load(ref.path)
-
-
 def score(spec: str) -> dict:
-    ref, seg = segmenter(spec)
+    ref = resolve_model(spec)
+    seg = segmenter_for(ref)
     out = {"model": spec, "name": ref.name, "arch": ref.card.get("arch"), "format": ref.format,
            "licence": ref.card.get("licence"), "recipe": (ref.card.get("recipe") or {}).get("name")}
     for key, root in DATA.items():

@@ -302,7 +302,7 @@ def eval_cmd(model, data, split, mask_fixes, threshold, tta, tile, backend, as_j
 
     ref = resolve_model(model)
     items, info = select_items(find_items(data, mask_fixes), split, where=str(data))
-    seg = _segmenter(ref, tta=tta, tile=tile, threshold=threshold, backend=backend)
+    seg = segmenter_for(ref, tta=tta, tile=tile, threshold=threshold, backend=backend)
     post = seg.post
     result = evaluate(seg, (load_sample(it) for it in items), progress=not as_json, total=len(items), compare_cc=True)
     out = {
@@ -336,8 +336,9 @@ def eval_cmd(model, data, split, mask_fixes, threshold, tta, tile, backend, as_j
         click.echo(f"  {t:<13} n={st['n_images']:<4} Dice@256 {st['dice_256']:.4f}  F1@0.5 {st['f1_50']:.4f}")
 
 
-def _segmenter(ref, *, tta: bool = False, tile="auto", threshold=None, backend="auto"):
-    """A Segmenter for any MODEL: exported files through the torch-free backends, checkpoints through torch."""
+def segmenter_for(ref, *, tta: bool = False, tile="auto", threshold=None, backend="auto"):
+    """A Segmenter for any resolved MODEL (``edgeseg.zoo.resolve_model``): exported files through the torch-free
+    backends, PyTorch checkpoints through torch (imported only for them)."""
     from .segmenter import Segmenter
 
     if ref.format == "torch":

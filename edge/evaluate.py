@@ -15,16 +15,9 @@ import numpy as np
 from .data import Sample
 from .metrics import dice, image_metrics, summarise
 from .postprocess import PostprocessConfig, postprocess
-from .preprocess import DEFAULT_NORMALISATION, preprocess, resize_labels
+from .preprocess import DEFAULT_NORMALISATION, resize_labels
 
 Predictor = Callable[[np.ndarray], np.ndarray]
-
-
-def predict_probs(predict: Predictor, image: np.ndarray, size: int = 256, normalisation=None) -> np.ndarray:
-    """One image (any frame) -> C x S x S probabilities at model resolution."""
-    norm = normalisation or DEFAULT_NORMALISATION
-    x = preprocess(image, size, mean=norm["mean"], std=norm["std"])
-    return np.asarray(predict(x), np.float32)[0]
 
 
 def mean_dice_at(probs: Sequence[np.ndarray], gts: Sequence[np.ndarray], threshold: float) -> float:

@@ -138,7 +138,7 @@ class Segmenter:
     ) -> Segmenter:
         """A zoo name or an exported ``.onnx`` / ``.xml`` file -> a ready Segmenter (torch-free)."""
         from .backends import open_backend, read_embedded_card
-        from .card import card_path, read_card
+        from .card import card_path
         from .zoo import resolve_model
 
         p = Path(model)
@@ -148,10 +148,8 @@ class Segmenter:
                 raise ModelError(f"{p.name} has no model card beside it or inside it", "export it with edgeseg export")
             path, fmt = p, "onnx" if p.suffix.lower() == ".onnx" else "openvino"
         else:
-            ref = resolve_model(model, verify=verify)
+            ref = resolve_model(model, verify=verify)  # checks the file (and an .xml's .bin) against its card
             path, fmt, card = ref.path, ref.format, ref.card
-            if p.is_file() and verify:
-                read_card(p, verify=True)
         if fmt == "torch":
             raise ModelError(
                 f"{Path(path).name} is a PyTorch checkpoint; the runtime reads exported files",
