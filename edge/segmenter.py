@@ -188,9 +188,17 @@ class Segmenter:
 
     # ------------------------------------------------------------------ inference
 
-    def _infer(self, rgb_tiles: list[np.ndarray]) -> np.ndarray:
+    def _infer(self, rgb_tiles: list[np.ndarray], ms: dict | None = None) -> np.ndarray:
+        """uint8 RGB input-size tiles -> probabilities; adds normalisation to ``ms["preprocess"]`` and the
+        network to ``ms["inference"]`` when ``ms`` is given."""
+        t0 = time.perf_counter()
         x = normalise(np.stack(rgb_tiles), self.mean, self.std)
-        return np.asarray(self.predict(x), np.float32)
+        t1 = time.perf_counter()
+        probs = np.asarray(self.predict(x), np.float32)
+        if ms is not None:
+            ms["preprocess"] += (t1 - t0) * 1e3
+            ms["inference"] += (time.perf_counter() - t1) * 1e3
+        return probs
 
     def resized_probs(self, frame: np.ndarray, order: str = "rgb") -> np.ndarray:
         """The paper's protocol: the whole frame resized to the input size -> C x S x S probabilities."""
@@ -203,7 +211,7 @@ class Segmenter:
         rgb = to_rgb8(frame, self.channel, order)
         h, w = rgb.shape[:2]
         s = self.input_size
-        ms = {"preprocess": 0.0, "inference": 0.0}
+        ms = {"preprocess": (time.perf_counter() - t0) * 1e3, "inference": 0.0}
         plan = {"tiled": False, "scale": s / max(h, w), "n_tiles": 1, "estimated_diameter_px": None}
         coarse = None
         scale = None  # None: resize the whole frame; a float: tiles of the frame rescaled by it
@@ -214,7 +222,9 @@ class Segmenter:
             scale = 1.0  # a frame smaller than the input is padded at native scale, not enlarged (nuclei would swell)
         elif self.tile == "always" or (self.tile == "auto" and max(h, w) > RESIZE_LIMIT * s):
             coarse = self._whole(rgb, ms)
+            t1 = time.perf_counter()  # measuring the nuclei to plan the tiles counts as preprocessing
             scale, diameter = self._choose_scale(coarse, h, w, self.target_diameter(rgb))
+            ms["preprocess"] += (time.perf_counter() - t1) * 1e3
             if diameter is not None:
                 plan["estimated_diameter_px"] = diameter
                 if self.remember_scale:
@@ -224,7 +234,9 @@ class Segmenter:
         else:
             probs, n_tiles = self._tiled(rgb, scale, ms)
             if known is None:  # refine once: the coarse view merges and misses nuclei, the tiles see them
+                t1 = time.perf_counter()
                 better = self._refined_scale(probs, scale, h, w, self.target_diameter(rgb))
+                ms["preprocess"] += (time.perf_counter() - t1) * 1e3
                 if better is not None:
                     scale = better
                     probs, n_tiles = self._tiled(rgb, scale, ms)
@@ -247,10 +259,7 @@ class Segmenter:
         t1 = time.perf_counter()
         small = resize_to(rgb, self.input_size)
         ms["preprocess"] += (time.perf_counter() - t1) * 1e3
-        t1 = time.perf_counter()
-        probs = self._infer([small])[0]
-        ms["inference"] += (time.perf_counter() - t1) * 1e3
-        return probs
+        return self._infer([small], ms)[0]
 
     def _tiled(self, rgb: np.ndarray, scale: float, ms: dict) -> tuple[np.ndarray, int]:
         """The frame rescaled by ``scale``, cut into overlapping input-size tiles, run, stitched."""
@@ -262,9 +271,7 @@ class Segmenter:
         grid = tile_grid(sh, sw, s, TILE_OVERLAP)
         tiles = cut_tiles(scaled, grid, s)
         ms["preprocess"] += (time.perf_counter() - t1) * 1e3
-        t1 = time.perf_counter()
-        tile_probs = self._infer(tiles)
-        ms["inference"] += (time.perf_counter() - t1) * 1e3
+        tile_probs = self._infer(tiles, ms)
         t1 = time.perf_counter()
         probs = stitch(tile_probs, grid, (sh, sw), s, TILE_OVERLAP)
         ms["preprocess"] += (time.perf_counter() - t1) * 1e3

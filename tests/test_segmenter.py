@@ -164,3 +164,16 @@ def test_nucleus_diameter_is_one_nucleus_wide_even_in_a_clump():
             cv2.circle(clumps, (x, y), 8, k, -1)
     assert nucleus_diameter(clumps) == pytest.approx(16, abs=1.5)  # an area-based diameter would say ~27
     assert nucleus_diameter(np.zeros((50, 50), np.int32)) is None
+
+
+def test_stage_timings_account_for_the_whole_call_even_when_tiling(model):
+    import time
+
+    frame, _ = disc_frame((1000, 1000), diameter=24, spacing=50)  # coarse pass, scale estimate, tiles, refinement
+    seg = Segmenter.load(model, threads=1)
+    t0 = time.perf_counter()
+    result = seg(frame)
+    wall_ms = (time.perf_counter() - t0) * 1e3
+    assert result.tiled
+    assert sum(result.timings.values()) <= wall_ms
+    assert wall_ms - sum(result.timings.values()) < max(2.0, 0.1 * wall_ms)  # nothing substantial left untimed
