@@ -42,9 +42,9 @@ def test_bce_dice_loss_on_hand_made_tensors():
     assert float(bce_dice_loss(zero, target)) == pytest.approx(expected_bce + expected_dice, rel=1e-6)
 
 
-def _cfg(sample_dir, out, epochs=2, **kw):
+def _cfg(sample_dir, out, epochs=2, model="half_unet", **kw):
     return TrainConfig(
-        model="half_unet", data=str(sample_dir), out=str(out), epochs=epochs, batch_size=4, threads=2, **kw
+        model=model, data=str(sample_dir), out=str(out), epochs=epochs, batch_size=4, threads=2, **kw
     )
 
 
@@ -61,6 +61,18 @@ def test_two_epoch_run_writes_checkpoints_log_and_card(sample_dir, tmp_path):
     assert card["threshold"] == summary["threshold"]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["epochs"] == 2 and cfg["n_train"] + cfg["n_val"] == 8
+
+
+def test_training_epoch_never_ends_on_a_batch_of_one(sample_dir, tmp_path):
+    """Fast-SCNN pools to 1x1 before a BatchNorm: a last batch of one image would crash the epoch."""
+    probe = Trainer(_cfg(sample_dir, tmp_path / "probe", model="fast_scnn"), progress=False)
+    n_train = len(probe._entries("train"))
+    cfg = _cfg(sample_dir, tmp_path / "run", epochs=1, model="fast_scnn")
+    cfg.batch_size = n_train - 1  # n_train = one full batch + one image
+    trainer = Trainer(cfg, progress=False)
+    sizes = [len(x) for x, _ in trainer._loader(trainer._entries("train"), augment=False, shuffle=True, epoch=1)]
+    assert sizes == [n_train - 1]
+    assert np.isfinite(trainer.train_epoch(1))
 
 
 def test_existing_run_is_not_overwritten_without_resume(sample_dir, tmp_path):

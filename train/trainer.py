@@ -235,7 +235,8 @@ class Trainer:
             batch_size=self.cfg.batch_size,
             shuffle=shuffle,
             generator=g,
-            drop_last=False,
+            # training drops a ragged last batch: a batch of one breaks BatchNorm behind global pooling
+            drop_last=shuffle and len(ds) > self.cfg.batch_size,
             num_workers=self.cfg.num_workers,
             persistent_workers=False,
             worker_init_fn=(lambda w: _seed_everything(self.cfg.seed * 1000 + epoch * 100 + w)),
