@@ -84,11 +84,17 @@ def torch_to_onnx(
     *,
     opset: int = OPSET,
     dynamic_batch: bool = True,
+    fp16_storage: bool = False,
 ) -> Path:
     """Export ``net`` (logits) to ``out_path`` as an FP32 ONNX graph with probabilities out and the card inside.
 
     Uses the TorchScript-based exporter (``dynamo=False``), which exports all three zoo networks to plain
     static graphs. ``out_path`` is written in place: callers write into a temporary folder.
+
+    ``fp16_storage`` (for a network whose weights are all exactly float16, see :func:`fp16_exact`): BatchNorm is
+    kept as its own node instead of being folded into the convolutions (folding multiplies the weights into
+    values float16 cannot hold), and the weights are stored as float16 behind a Cast (:func:`store_exact_fp16`).
+    The runtimes fold both back at load: the same FP32 arithmetic from a file half the size.
     """
     if opset < 17:
         raise ModelError(f"ONNX opset {opset} is too old", "use opset 17 or newer")
@@ -109,10 +115,13 @@ def torch_to_onnx(
             output_names=names,
             dynamic_axes=axes,
             do_constant_folding=True,
+            training=torch.onnx.TrainingMode.PRESERVE if fp16_storage else torch.onnx.TrainingMode.EVAL,
         )
     model = onnx.load(str(out_path))
     onnx.checker.check_model(model)
     flush_subnormals(model)
+    if fp16_storage:
+        store_exact_fp16(model)
     set_onnx_card(model, card)
     onnx.save(model, str(out_path))
     return Path(out_path)
@@ -139,6 +148,37 @@ def flush_subnormals(model: onnx.ModelProto) -> int:
             a = np.where(sub, np.float32(0), a).astype(np.float32)
             init.CopyFrom(numpy_helper.from_array(a, init.name))
     return flushed
+
+
+def fp16_exact(net: nn.Module) -> bool:
+    """True when every floating-point weight and buffer of ``net`` is exactly a float16 value (a checkpoint
+    that was stored in float16, as the zoo's MobileNetV2-UNet is)."""
+    tensors = [t for t in net.state_dict().values() if t.is_floating_point()]
+    return bool(tensors) and all(torch.equal(t.half().to(t.dtype), t) for t in tensors)
+
+
+def store_exact_fp16(model: onnx.ModelProto, min_size: int = 16) -> int:
+    """Store each float32 initializer that float16 holds exactly (and has at least ``min_size`` values) as float16,
+    read through a Cast to float32; returns how many values moved. Lossless: a value that is not exact stays
+    float32. ONNX Runtime and OpenVINO fold the Casts at load, so the network computes as before."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    casts, moved = [], 0
+    for init in model.graph.initializer:
+        if init.data_type != TensorProto.FLOAT:
+            continue
+        a = numpy_helper.to_array(init)
+        half = a.astype(np.float16)
+        if a.size < min_size or not np.array_equal(half.astype(np.float32), a):
+            continue
+        name = init.name
+        init.CopyFrom(numpy_helper.from_array(half, f"{name}.fp16"))
+        casts.append(helper.make_node("Cast", [f"{name}.fp16"], [name], to=TensorProto.FLOAT, name=f"{name}.cast"))
+        moved += a.size
+    nodes = casts + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return moved
 
 
 def sigmoid_inputs(model: onnx.ModelProto) -> list[str]:

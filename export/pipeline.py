@@ -195,7 +195,7 @@ def _export(model, fmt, precision, out_dir, calib_data, calib_size, seed, max_di
 
 def _export_in(work, net, ref, card, fmt, precision, calib_data, calib_size, seed, max_drop, target, guard_from,
                test_data, strategies, final_name, say) -> dict:
-    from .onnx import OPSET, PARITY_TOLERANCE, logit_parity, set_onnx_card, torch_to_onnx
+    from .onnx import OPSET, PARITY_TOLERANCE, fp16_exact, logit_parity, set_onnx_card, torch_to_onnx
 
     # the data first: a bad folder fails in a second, before any conversion
     calib = guard = None
@@ -210,17 +210,21 @@ def _export_in(work, net, ref, card, fmt, precision, calib_data, calib_size, see
     torch_to_onnx(net, fp32_card, fp32)
     card["export"]["opset"] = OPSET
     x = parity_inputs(card)
-    parity = logit_parity(net, fp32, x)
-    say(f"parity vs PyTorch on {parity['images']} test images: max |dlogit| {parity['max_abs_logit_diff']:.2e}, "
-        f"max |dprob| {parity['max_abs_prob_diff']:.2e}")
-    if parity["max_abs_prob_diff"] > PARITY_TOLERANCE:
-        raise ModelError(
-            f"the ONNX graph differs from PyTorch by {parity['max_abs_prob_diff']:.2e} in probability "
-            f"(> {PARITY_TOLERANCE})",
-            "report this with the model card; try another torch/onnx version",
-        )
-    parity["gate"] = f"max_abs_prob_diff <= {PARITY_TOLERANCE} (probabilities = the graph's outputs)"
-    card["export"]["parity_onnx_fp32"] = parity
+
+    def checked_parity(path: Path, what: str) -> dict:
+        parity = logit_parity(net, path, x)
+        say(f"{what} parity vs PyTorch on {parity['images']} test images: "
+            f"max |dlogit| {parity['max_abs_logit_diff']:.2e}, max |dprob| {parity['max_abs_prob_diff']:.2e}")
+        if parity["max_abs_prob_diff"] > PARITY_TOLERANCE:
+            raise ModelError(
+                f"the {what} graph differs from PyTorch by {parity['max_abs_prob_diff']:.2e} in probability "
+                f"(> {PARITY_TOLERANCE})",
+                "report this with the model card; try another torch/onnx version",
+            )
+        parity["gate"] = f"max_abs_prob_diff <= {PARITY_TOLERANCE} (probabilities = the graph's outputs)"
+        return parity
+
+    card["export"]["parity_onnx_fp32"] = checked_parity(fp32, "ONNX")
     reference = None
     if guard is not None:
         reference = file_dice(fp32, guard)
@@ -228,7 +232,17 @@ def _export_in(work, net, ref, card, fmt, precision, calib_data, calib_size, see
 
     final = work / final_name
     if fmt == "onnx" and precision == "fp32":
-        saver = _onnx_saver(fp32, set_onnx_card)
+        shipped = fp32
+        if fp16_exact(net):  # a float16 checkpoint: ship the same FP32 graph from float16 storage (lossless)
+            shipped = work / "fp32-fp16-storage.onnx"
+            torch_to_onnx(net, fp32_card, shipped, fp16_storage=True)
+            card["export"]["parity_onnx_fp32_fp16_storage"] = checked_parity(shipped, "ONNX (fp16 storage)")
+            card["export"]["weight_storage"] = (
+                "float16, exact: the checkpoint's weights are float16 values; BatchNorm kept as nodes so that they "
+                "stay exact, folded by the runtime at load; FP32 arithmetic")
+            say(f"weights stored as exact float16: {fp32.stat().st_size / 1e6:.1f} MB -> "
+                f"{shipped.stat().st_size / 1e6:.1f} MB")
+        saver = _onnx_saver(shipped, set_onnx_card)
     elif fmt == "openvino" and precision in ("fp32", "fp16"):
         from .openvino import save_openvino
         from .quantize import to_openvino_model

@@ -22,7 +22,14 @@ from edgeseg.cli import main
 from edgeseg.errors import DataError, EdgesegError, ModelError
 from edgeseg.export.calibration import calibration_set, guard_set, stratified_sample
 from edgeseg.export.guard import GuardFailed, climb, file_dice
-from edgeseg.export.onnx import flush_subnormals, logit_parity, output_names, torch_to_onnx
+from edgeseg.export.onnx import (
+    flush_subnormals,
+    fp16_exact,
+    logit_parity,
+    output_names,
+    store_exact_fp16,
+    torch_to_onnx,
+)
 from edgeseg.export.pipeline import export_model, parity_inputs
 from edgeseg.export.quantize import onnx_float_ends
 from edgeseg.segmenter import Segmenter
@@ -116,6 +123,47 @@ def test_export_flushes_subnormal_weights_that_slow_x86_cpus(tmp_path):
     assert onnx.numpy_helper.to_array(model.graph.initializer[0]).tolist() == [0.0, 2.0, 0.0, 0.0]  # normal kept
     x = np.random.default_rng(0).normal(size=(1, 3, 256, 256)).astype(np.float32)
     assert logit_parity(net, path, x)["max_abs_prob_diff"] <= 1e-4
+
+
+def test_fp16_checkpoint_exports_fp32_graph_from_exact_fp16_storage(tmp_path):
+    torch.manual_seed(0)
+    net = build_model("half_unet").eval()
+    assert not fp16_exact(net)  # a float32 network: nothing to store as float16
+    with torch.no_grad():  # what a float16 checkpoint loads to: every weight and BN statistic a float16 value
+        for t in net.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(t.half().float())
+    assert fp16_exact(net)
+    folded = torch_to_onnx(net, new_card("half_unet"), tmp_path / "folded.onnx")
+    stored = torch_to_onnx(net, new_card("half_unet"), tmp_path / "stored.onnx", fp16_storage=True)
+    model = onnx.load(str(stored))
+    ops = [n.op_type for n in model.graph.node]
+    assert "BatchNormalization" in ops  # kept, so the conv weights stay exact float16
+    sizes = {t.data_type: 0 for t in model.graph.initializer}
+    for t in model.graph.initializer:
+        sizes[t.data_type] += int(np.prod(t.dims))
+    assert sizes[onnx.TensorProto.FLOAT16] > 0.99 * sum(sizes.values())
+    assert stored.stat().st_size < 0.6 * folded.stat().st_size
+    x = np.random.default_rng(0).normal(size=(2, 3, 256, 256)).astype(np.float32)
+    assert logit_parity(net, stored, x)["max_abs_prob_diff"] <= 1e-5
+    np.testing.assert_allclose(open_backend(stored)(x), open_backend(folded)(x), atol=1e-5)
+
+
+def test_store_exact_fp16_keeps_values_float16_cannot_hold():
+    exact = onnx.numpy_helper.from_array(np.arange(32, dtype=np.float32) / 4, "exact")
+    inexact = onnx.numpy_helper.from_array(np.full(32, 0.1, np.float32), "inexact")
+    node = onnx.helper.make_node("Add", ["exact", "inexact"], ["y"])
+    out = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [32])
+    model = onnx.helper.make_model(onnx.helper.make_graph([node], "g", [], [out], [exact, inexact]))
+    assert store_exact_fp16(model) == 32
+    kinds = {t.name: t.data_type for t in model.graph.initializer}
+    assert kinds == {"exact.fp16": onnx.TensorProto.FLOAT16, "inexact": onnx.TensorProto.FLOAT}
+    assert [n.op_type for n in model.graph.node] == ["Cast", "Add"]
+    onnx.checker.check_model(model)
+    import onnxruntime as ort
+
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})[0]
+    np.testing.assert_array_equal(y, np.arange(32, dtype=np.float32) / 4 + np.float32(0.1))
 
 
 def test_output_names_must_match_out_channels():
