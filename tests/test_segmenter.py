@@ -177,3 +177,33 @@ def test_stage_timings_account_for_the_whole_call_even_when_tiling(model):
     assert result.tiled
     assert sum(result.timings.values()) <= wall_ms
     assert wall_ms - sum(result.timings.values()) < max(2.0, 0.1 * wall_ms)  # nothing substantial left untimed
+
+
+def test_nuclei_are_measured_in_the_view_the_network_sees_most_clearly(model):
+    """A network with a blurred view (a weak network): squeezed 4x, its 6 px discs melt into faint blobs of the
+    wrong size; at native scale they are sharp. The scale comes from the sharp view, so the tiles are right."""
+    from edgeseg.card import read_card
+
+    frame, labels = disc_frame((1000, 1000), diameter=24, spacing=50)
+    backend = open_backend(model, threads=1)
+
+    def blurred(x):
+        return np.stack([cv2.GaussianBlur(p[0], (0, 0), 3.0)[None] for p in backend(x)])
+
+    seg = Segmenter(blurred, read_card(model))
+    rgb = np.dstack([frame] * 3)
+    diameter, view = seg.nucleus_size(rgb, seg.resized_probs(frame))
+    assert view == 1.0 and diameter == pytest.approx(24, rel=0.15)
+    result = seg(frame)
+    assert result.tiled and result.scale == pytest.approx(0.5, rel=0.2)
+    assert result.count == labels.max()
+
+
+def test_objects_cut_by_the_border_do_not_count_as_narrow_nuclei():
+    from edgeseg.segmenter import nucleus_widths
+
+    labels = np.zeros((100, 100), np.int32)
+    cv2.circle(labels, (50, 50), 10, 1, -1)
+    cv2.circle(labels, (2, 50), 10, 2, -1)  # mostly outside the image: looks narrower than it is
+    assert sorted(nucleus_widths(labels)) == pytest.approx([6, 10], abs=0.5)  # the cut disc: 6 px
+    assert nucleus_widths(labels, interior_only=True) == pytest.approx([10], abs=0.5)
