@@ -44,7 +44,7 @@ from edgeseg.zoo import ZOO_DIR, resolve_model
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "dsb2018" / "stage1_train"
-NETWORKS = ("half_unet", "mobilenetv2_unet", "fast_scnn")
+NETWORKS = ("half_unet", "mobilenetv2_unet", "fast_scnn", "fast_scnn_he")
 VARIANTS = (("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "int8"))
 SHIP_FP32_BELOW = 20e6  # bytes: no file over 20 MB in the repository
 TIMING_ROUNDS, TIMING_ITERATIONS = 3, 40

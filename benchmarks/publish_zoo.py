@@ -2,8 +2,9 @@
 
     python benchmarks/publish_zoo.py --runs runs/gpu1 runs/gpu2 --dsb ../shared/data/dsb2018/stage1_train
     python benchmarks/publish_zoo.py --runs runs/gpu1 runs/gpu2 --only fast_scnn --ship fast_scnn=distill_fast_scnn
+    python benchmarks/publish_zoo.py --runs runs/cpu3 --only fast_scnn_he     # the named H&E variant
 
-For each network, the run named in ``SHIPPED`` is copied to ``edge/zoo/<arch>.pt`` (MobileNetV2-UNet's
+For each network, the run named in ``SHIPPED`` is copied to ``edge/zoo/<name>.pt`` (MobileNetV2-UNet's
 weights are stored as float16 to keep the wheel small; they load as float32) and evaluated on the
 canonical DSB2018 test split with the same code as ``edgeseg eval``; the card records the recipe, the
 exact training command, validation and test metrics (overall and per image type) and the licence.
@@ -26,12 +27,16 @@ from edgeseg.train.predict import load_checkpoint, torch_predictor
 from edgeseg.train.trainer import TrainConfig, load_sources, nucleus_diameters
 from edgeseg.zoo import ZOO_DIR
 
-#: arch -> (run folder name, store as float16?)  -- chosen by DSB2018 test Dice (ties: the run that also
-#: learnt stained tissue), see benchmarks/README.md
+#: name -> (run folder name, store as float16?)  -- chosen by DSB2018 test Dice (ties: the run that also
+#: learnt stained tissue), see benchmarks/README.md. A name that is not an architecture is a named variant
+#: (its card keeps the run's architecture).
 SHIPPED = {
     "half_unet": ("distill_half_unet_alpha0", False),  # light aug + MoNuSeg + instance head, no teacher
     "fast_scnn": ("paper_fast_scnn", False),
     "mobilenetv2_unet": ("ours_mobilenetv2_unet", True),
+    # Fast-SCNN for stained tissue: DSB2018 + MoNuSeg crops at native 40x scale, trained on this CPU. A variant,
+    # not the default fast_scnn: the runtime's default model stays free of MoNuSeg's non-commercial licence.
+    "fast_scnn_he": ("he_fast_scnn_s10", False),
 }
 GPU_COMMAND = "PAPER_EPOCHS=50 OURS_EPOCHS=100 LIMIT_S=400 bash benchmarks/gpu/train_zoo.sh"
 DISTILL_COMMAND = ("EPOCHS=100 LIMIT_S=410 bash benchmarks/gpu/train_distill.sh, cut runs finished with "
@@ -93,6 +98,15 @@ def training_scale(card: dict) -> dict:
     return nucleus_diameters(entries)
 
 
+def cpu_description(card: dict) -> str:
+    from edgeseg.device.hardware import hardware_report
+
+    cpu = hardware_report()["cpu"]
+    t = card["training"]
+    return (f"CPU: {cpu['model']} ({cpu['usable_cores']} cores; threads as in the command), "
+            f"{card['recipe']['precision']}, {t['epochs_run']} epochs at {t['seconds_per_epoch']} s")
+
+
 def find_run(name: str, roots: list[Path]) -> Path:
     for root in roots:
         if (root / name / "best.pt").exists():
@@ -100,26 +114,33 @@ def find_run(name: str, roots: list[Path]) -> Path:
     raise SystemExit(f"error: run {name} not found under {', '.join(map(str, roots))}")
 
 
-def publish(arch: str, run: Path, half: bool, dsb: Path) -> dict:
+def publish(name: str, run: Path, half: bool, dsb: Path) -> dict:
     card = read_card(run / "best.pt")
     state = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
     if half:
         state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
-    dst = ZOO_DIR / f"{arch}.pt"
+    dst = ZOO_DIR / f"{name}.pt"
     torch.save(state, dst)
     distilled = "distillation" in card["recipe"]
+    on_gpu = any(src["root"].startswith(".gpu/") for src in card["data"]["sources"])
+    if on_gpu:
+        command = (DISTILL_COMMAND if distilled else GPU_COMMAND) + (
+            f"  # run {run.name}; data packed by benchmarks/gpu/pack_data.py")
+    else:
+        command = f"{card['command']}  # run {run.name}, in the background with nohup (benchmarks/README.md)"
     card.update(
-        name=arch,
+        name=name,
         weights_dtype="float16" if half else "float32",
         licence=licence(card),
         command=card.get("command", ""),
-        training_command=(DISTILL_COMMAND if distilled else GPU_COMMAND)
-        + f"  # run {run.name}; data packed by benchmarks/gpu/pack_data.py",
-        trained_on="NVIDIA H100 (lent GPU box), fp32",
+        training_command=command,
+        trained_on="NVIDIA H100 (lent GPU box), fp32" if on_gpu else cpu_description(card),
         versions=library_versions(),
     )
-    card["data"]["note"] = (".gpu/dsb256 is stage1_train as the 256x256 cache holds it; .gpu/monuseg06 is MoNuSeg "
-                            "train+val tiles resized by 0.6 (= monuseg_train@0.6); see benchmarks/gpu/pack_data.py")
+    if on_gpu:
+        card["data"]["note"] = (".gpu/dsb256 is stage1_train as the 256x256 cache holds it; .gpu/monuseg06 is "
+                                "MoNuSeg train+val tiles resized by 0.6 (= monuseg_train@0.6); see "
+                                "benchmarks/gpu/pack_data.py")
     card["training_scale"] = training_scale(card)
     predict = torch_predictor(load_checkpoint(dst, card))  # the shipped (possibly float16) weights
     card["postprocess"] = tuned_postprocess(predict, card, dsb)
@@ -133,20 +154,20 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, nargs="+", default=[Path("runs/gpu1")], help="folders holding the runs")
     ap.add_argument("--dsb", type=Path, default=Path("../shared/data/dsb2018/stage1_train"))
     ap.add_argument("--only", nargs="+", choices=sorted(SHIPPED), default=None, help="publish these networks only")
-    ap.add_argument("--ship", nargs="+", default=[], metavar="ARCH=RUN", help="ship another run than SHIPPED's")
+    ap.add_argument("--ship", nargs="+", default=[], metavar="NAME=RUN", help="ship another run than SHIPPED's")
     a = ap.parse_args()
     shipped = dict(SHIPPED)
     for spec in a.ship:
-        arch, _, run = spec.partition("=")
-        if arch not in shipped or not run:
-            raise SystemExit(f"error: --ship {spec}: write ARCH=RUN with ARCH one of {', '.join(shipped)}")
-        shipped[arch] = (run, shipped[arch][1])
-    for arch, (run, half) in shipped.items():
-        if a.only and arch not in a.only:
+        name, _, run = spec.partition("=")
+        if name not in shipped or not run:
+            raise SystemExit(f"error: --ship {spec}: write NAME=RUN with NAME one of {', '.join(shipped)}")
+        shipped[name] = (run, shipped[name][1])
+    for name, (run, half) in shipped.items():
+        if a.only and name not in a.only:
             continue
-        card = publish(arch, find_run(run, a.runs), half, a.dsb)
+        card = publish(name, find_run(run, a.runs), half, a.dsb)
         t = card["metrics"]["test"]
-        print(json.dumps({"name": arch, "recipe": card["recipe"]["name"], "dice_256": round(t["dice_256"], 4)}))
+        print(json.dumps({"name": name, "recipe": card["recipe"]["name"], "dice_256": round(t["dice_256"], 4)}))
 
 
 if __name__ == "__main__":

@@ -10,10 +10,10 @@ on (the card's ``training_scale``: the median nucleus diameter in input pixels, 
 card has it, since a mixed run learns DSB brightfield squeezed to ~5 px and H&E crops at ~12 px). A frame close to the
 input size is resized, as the paper does; a smaller one is padded at native scale, not enlarged (then
 rescaled once if its nuclei are far from the training scale). For a larger frame the nuclei are measured
-first, in the view where the network sees them most clearly (:meth:`Segmenter.nucleus_size`: the whole frame
-at the input size up to native scale, through the same few windows); if they are smaller than the training
-scale at the input size (a 1000x1000 40x tissue tile squeezed to 256x256), the frame is rescaled so its
-nuclei match the training scale and run as overlapping input-size tiles, stitched back with blended seams.
+first (:meth:`Segmenter.nucleus_size`: in every view from the whole frame at the input size up to native
+scale, through the same few windows, and the median taken); if they are smaller than the training scale at
+the input size (a 1000x1000 40x tissue tile squeezed to 256x256), the frame is rescaled so its nuclei match
+the training scale and run as overlapping input-size tiles, stitched back with blended seams.
 ``tile="never"`` always resizes (the paper's
 protocol); ``tile="always"`` always tiles (at the estimated scale, or native scale if there is none).
 """
@@ -126,6 +126,9 @@ class Segmenter:
         if threshold is not None:
             post = PostprocessConfig.from_dict({**post.to_dict(), "threshold": float(threshold)})
         self.post = post
+        # nuclei are measured on plain connected components: a watershed tuned for nuclei of the training size
+        # cuts larger ones into pieces, and the width of a merged clump is still one nucleus's width
+        self.measure_post = PostprocessConfig(threshold=post.threshold, min_size=post.min_size)
         self.tile = _mode(tile)
         self.channel = channel
         scale = self.card.get("training_scale") or {}
@@ -237,11 +240,10 @@ class Segmenter:
         elif self.tile == "always" or (self.tile == "auto" and max(h, w) > RESIZE_LIMIT * s):
             coarse = self._whole(rgb, ms)
             t1, booked = time.perf_counter(), ms["preprocess"] + ms["inference"]
-            diameter, view = self.nucleus_size(rgb, coarse, ms)
+            diameter = self.nucleus_size(rgb, coarse, ms)
             scale = self._tile_scale(diameter, h, w, self.target_diameter(rgb))
             # measuring the nuclei to plan the tiles counts as preprocessing, less what _infer booked itself
             ms["preprocess"] += (time.perf_counter() - t1) * 1e3 - (ms["preprocess"] + ms["inference"] - booked)
-            plan["view_scale"] = view
             if diameter is not None:
                 plan["estimated_diameter_px"] = diameter
                 if self.remember_scale:
@@ -296,7 +298,7 @@ class Segmenter:
 
     def _refined_scale(self, probs: np.ndarray, scale: float, h: int, w: int, target: float) -> float | None:
         """A better tile scale from the nuclei seen in the tiles, or None when ``scale`` is within 20 %."""
-        diameter = nucleus_diameter(postprocess(probs, probs.shape[1:], self.post)[1])
+        diameter = nucleus_diameter(postprocess(probs, probs.shape[1:], self.measure_post)[1])
         if diameter is None:
             return None
         better = min(1.0, scale * target / diameter)
@@ -305,14 +307,17 @@ class Segmenter:
             better *= (MAX_TILES / n_tiles) ** 0.5
         return better if abs(better / scale - 1.0) > 0.2 else None
 
-    def nucleus_size(self, rgb: np.ndarray, coarse: np.ndarray, ms: dict | None = None) -> tuple[float | None, float]:
-        """(typical nucleus diameter in frame pixels or None, the frame scale it was measured at).
+    def nucleus_size(self, rgb: np.ndarray, coarse: np.ndarray, ms: dict | None = None) -> float | None:
+        """Typical nucleus diameter in frame pixels, or None when no view shows enough whole nuclei.
 
-        A network measures nuclei well only near the size it learnt: squeezed 4x, a 40x tissue tile's nuclei
-        merge into blobs of about the training size, and a weak network reports training-size blobs at any
-        scale. So the frame is looked at from the whole-frame view (``coarse``) up to native scale in steps of
-        sqrt(2), through the same few windows at every scale, and the nuclei are measured in the view where the
-        network is most confident (mean |2p - 1| of the foreground): where it sees them most clearly.
+        A network measures nuclei well only near the size it learnt, and each view's measurement leans toward
+        that size: squeezed 4x, a 40x tissue tile's nuclei merge into blobs about the training size (too big
+        in frame pixels); near native scale, nuclei larger than it learnt come apart (too small). So the frame
+        is measured in every view from the whole frame at the input size (``coarse``) up to native scale, in
+        sqrt(2) steps through the same few windows, and the median of those estimates is the answer. Against
+        the earlier whole-frame view plus one refinement in the tiles (MoNuSeg val tiles / 8 train tiles,
+        MobileNetV2-UNet INT8): Dice 0.793 -> 0.811 / 0.832 -> 0.844, F1@0.5 0.640 -> 0.670 / 0.684 -> 0.727;
+        an H&E Fast-SCNN that stayed at ~0.3x before: val Dice 0.633 -> 0.714.
         """
         s = self.input_size
         h, w = rgb.shape[:2]
@@ -323,19 +328,16 @@ class Segmenter:
             views.append((scale, None))
             scale *= PROBE_STEP
         views.append((1.0, None))
-        scored = []
+        estimates = []
         for scale, probs in views:
             if probs is None:
                 probs = self._infer(self._probe_windows(rgb, scale), ms)
-            confidence = float(np.abs(2.0 * probs[:, 0] - 1.0).mean())
-            scored.append((confidence, scale, probs))
-        scored.sort(key=lambda v: -v[0])
-        for _, scale, probs in scored:  # the clearest view that shows enough whole nuclei to measure
-            radii = [nucleus_widths(postprocess(p, p.shape[1:], self.post)[1], interior_only=True) for p in probs]
+            radii = [nucleus_widths(postprocess(p, p.shape[1:], self.measure_post)[1], interior_only=True)
+                     for p in probs]
             diameter = _typical_diameter(np.concatenate(radii))
             if diameter is not None:
-                return diameter / scale, scale
-        return None, scored[0][1]
+                estimates.append(diameter / scale)
+        return float(np.median(estimates)) if estimates else None
 
     def _probe_windows(self, rgb: np.ndarray, scale: float) -> list[np.ndarray]:
         """Input-size windows of the frame rescaled by ``scale``, centred on the same PROBE_WINDOWS points."""
