@@ -14,8 +14,8 @@ first (:meth:`Segmenter.nucleus_size`: in every view from the whole frame at the
 scale, through the same few windows, and the median taken); if they are smaller than the training scale at
 the input size (a 1000x1000 40x tissue tile squeezed to 256x256), the frame is rescaled so its nuclei match
 the training scale and run as overlapping input-size tiles, stitched back with blended seams.
-``tile="never"`` always resizes (the paper's
-protocol); ``tile="always"`` always tiles (at the estimated scale, or native scale if there is none).
+``tile="never"`` always resizes (the paper's protocol); ``tile="always"`` always tiles (at the estimated
+scale, or native scale if there is none).
 """
 
 from __future__ import annotations
