@@ -149,6 +149,25 @@ def test_fp16_checkpoint_exports_fp32_graph_from_exact_fp16_storage(tmp_path):
     np.testing.assert_allclose(open_backend(stored)(x), open_backend(folded)(x), atol=1e-5)
 
 
+def test_export_of_a_float16_checkpoint_ships_fp32_from_exact_float16_storage(tmp_path):
+    """`edgeseg export` on a checkpoint stored in float16 (as the zoo's MobileNetV2-UNet is)."""
+    ref = resolve_model("half_unet")
+    state = torch.load(ref.path, weights_only=True)
+    ckpt = tmp_path / "half16.pt"
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, ckpt)
+    write_card(ckpt, {**ref.card, "name": "half16"})
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["export", str(ckpt), "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    path = Path(json.loads(r.stdout)["path"])
+    card = read_card(path)
+    assert card["export"]["weight_storage"].startswith("float16, exact")
+    assert card["export"]["parity_onnx_fp32_fp16_storage"]["max_abs_prob_diff"] <= 1e-4
+    kinds = {t.data_type for t in onnx.load(str(path)).graph.initializer if len(t.dims) == 4}
+    assert kinds == {onnx.TensorProto.FLOAT16}  # every conv weight
+    assert card["executed_precision"] == "fp32"
+
+
 def test_store_exact_fp16_keeps_values_float16_cannot_hold():
     exact = onnx.numpy_helper.from_array(np.arange(32, dtype=np.float32) / 4, "exact")
     inexact = onnx.numpy_helper.from_array(np.full(32, 0.1, np.float32), "inexact")
