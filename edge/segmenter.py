@@ -301,10 +301,7 @@ class Segmenter:
         diameter = nucleus_diameter(postprocess(probs, probs.shape[1:], self.measure_post)[1])
         if diameter is None:
             return None
-        better = min(1.0, scale * target / diameter)
-        n_tiles = len(tile_grid(max(round(h * better), 1), max(round(w * better), 1), self.input_size, TILE_OVERLAP))
-        if n_tiles > MAX_TILES:
-            better *= (MAX_TILES / n_tiles) ** 0.5
+        better = self._bounded(min(1.0, scale * target / diameter), h, w)
         return better if abs(better / scale - 1.0) > 0.2 else None
 
     def nucleus_size(self, rgb: np.ndarray, coarse: np.ndarray, ms: dict | None = None) -> float | None:
@@ -319,9 +316,7 @@ class Segmenter:
         MobileNetV2-UNet INT8): Dice 0.793 -> 0.811 / 0.832 -> 0.844, F1@0.5 0.640 -> 0.670 / 0.684 -> 0.727;
         an H&E Fast-SCNN that stayed at ~0.3x before: val Dice 0.633 -> 0.714.
         """
-        s = self.input_size
-        h, w = rgb.shape[:2]
-        squeeze = (s / h * s / w) ** 0.5  # frame -> input pixels when the frame is squeezed to S x S
+        squeeze = self._squeeze(*rgb.shape[:2])
         views = [(squeeze, coarse[None])]
         scale = squeeze * PROBE_STEP
         while scale < 1.0 / PROBE_STEP ** 0.5:
@@ -356,8 +351,7 @@ class Segmenter:
     def _tile_scale(self, diameter: float | None, h: int, w: int, target: float) -> float | None:
         """The frame scale that brings nuclei of ``diameter`` frame pixels to ``target`` input pixels, or None to
         keep the whole-frame resize (nuclei already big enough there, or nothing measured)."""
-        s = self.input_size
-        squeeze = (s / h * s / w) ** 0.5
+        squeeze = self._squeeze(h, w)
         if diameter is None:
             return None if self.tile == "auto" else 1.0  # no evidence to tile; "always": native scale
         if self.tile == "auto" and diameter * squeeze >= MIN_SCALE_FRACTION * target:
@@ -365,10 +359,16 @@ class Segmenter:
         scale = min(1.0, target / diameter)
         if scale > 1.0 / NATIVE_TOLERANCE:
             scale = 1.0  # within the training's scale jitter of native: resampling would only blur
-        n_tiles = len(tile_grid(max(round(h * scale), 1), max(round(w * scale), 1), s, TILE_OVERLAP))
-        if n_tiles > MAX_TILES:  # keep the work bounded on huge frames
-            scale *= (MAX_TILES / n_tiles) ** 0.5
-        return scale
+        return self._bounded(scale, h, w)
+
+    def _squeeze(self, h: int, w: int) -> float:
+        """Frame -> input pixels (geometric mean of the two axes) when an h x w frame is squeezed to S x S."""
+        return (self.input_size / h * self.input_size / w) ** 0.5
+
+    def _bounded(self, scale: float, h: int, w: int) -> float:
+        """``scale``, lowered if need be so that an h x w frame gives at most about MAX_TILES tiles (huge frames)."""
+        n_tiles = len(tile_grid(max(round(h * scale), 1), max(round(w * scale), 1), self.input_size, TILE_OVERLAP))
+        return scale * (MAX_TILES / n_tiles) ** 0.5 if n_tiles > MAX_TILES else scale
 
     def __call__(self, frame: np.ndarray, order: str = "rgb") -> Segmentation:
         probs, plan = self.probabilities(frame, order)
