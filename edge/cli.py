@@ -125,73 +125,65 @@ def models(as_json: bool) -> None:
         )
 
 
+def training_options(*, out_help: str, augment: str, schedule: str, warmup_epochs: int, instance: bool,
+                     instance_help: str, recipe: str):
+    """The options `train` and `distill` share, in one place; each command gives its own defaults."""
+    options = [
+        click.option("--data", required=True, multiple=True,
+                     help="Dataset folder (Kaggle or images/+masks/ layout); repeat to mix sources; "
+                     "PATH@F cuts large images into crops at scale F instead of resizing them."),
+        click.option("--epochs", default=50, show_default=True),
+        click.option("--batch-size", default=8, show_default=True),
+        click.option("--lr", default=1e-3, show_default=True),
+        click.option("--weight-decay", default=1e-4, show_default=True),
+        click.option("--out", default=None, type=click.Path(), help=out_help),
+        click.option("--limit", type=int, default=None, help="Train on the first N training images (smoke tests)."),
+        click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint."),
+        click.option("--seed", default=0, show_default=True),
+        click.option("--threads", type=int, default=None, help="Torch CPU threads [all cores]."),
+        click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+                     help="bf16 = bfloat16 autocast + channels-last (fast on CPUs with AMX/AVX512-BF16)."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--augment", type=click.Choice(["paper", "light", "ours", "none"]), default=augment,
+                     show_default=True),
+        click.option("--schedule", type=click.Choice(["constant", "cosine"]), default=schedule, show_default=True),
+        click.option("--warmup-epochs", default=warmup_epochs, show_default=True),
+        click.option("--instance/--binary", default=instance, show_default=True, help=instance_help),
+        click.option("--mask-fixes", type=click.Path(), default=None,
+                     help="Folder of corrected masks (stage1_train_fixes)."),
+        click.option("--workers", default=0, show_default=True, help="Data-loading worker processes."),
+        click.option("--recipe", default=recipe, show_default=True, help="Label of the recipe, recorded in the card."),
+    ]
+
+    def apply(fn):
+        for option in reversed(options):  # as if written top to bottom above the function
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
+def _train_config(model: str, default_out: Path, encoder_weights: str | None, *, data, out, instance, workers,
+                  **options):
+    """The TrainConfig of a `train` or `distill` command line (the options of :func:`training_options`)."""
+    from .train.trainer import TrainConfig
+
+    return TrainConfig(model=model, data=",".join(data), out=str(out or default_out), encoder_weights=encoder_weights,
+                       out_channels=2 if instance else 1, num_workers=workers, command=_command_line(), **options)
+
+
 @main.command()
 @click.argument("model")
-@click.option(
-    "--data",
-    required=True,
-    multiple=True,
-    help="Dataset folder (Kaggle or images/+masks/ layout); repeat to mix sources; "
-    "PATH@F cuts large images into crops at scale F instead of resizing them.",
-)
-@click.option("--epochs", default=50, show_default=True)
-@click.option("--batch-size", default=8, show_default=True)
-@click.option("--lr", default=1e-3, show_default=True)
-@click.option("--weight-decay", default=1e-4, show_default=True)
-@click.option("--out", default=None, type=click.Path(), help="Run folder [runs/MODEL].")
-@click.option("--limit", type=int, default=None, help="Train on the first N training images (smoke tests).")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--threads", type=int, default=None, help="Torch CPU threads [all cores].")
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "bf16"]),
-    default="fp32",
-    show_default=True,
-    help="bf16 = bfloat16 autocast + channels-last (fast on CPUs with AMX/AVX512-BF16).",
-)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@training_options(out_help="Run folder [runs/MODEL].", augment="paper", schedule="constant", warmup_epochs=0,
+                  instance=False, instance_help="Add the nucleus-boundary output (instance head).", recipe="paper")
 @click.option(
     "--encoder-weights",
     default="auto",
     show_default=True,
     help="mobilenetv2_unet encoder: imagenet, a state-dict PATH, none, or auto (imagenet if found offline).",
 )
-@click.option("--augment", type=click.Choice(["paper", "light", "ours", "none"]), default="paper", show_default=True)
-@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True)
-@click.option("--warmup-epochs", default=0, show_default=True)
-@click.option("--instance/--binary", default=False, help="Add the nucleus-boundary output (instance head).")
-@click.option(
-    "--mask-fixes", type=click.Path(), default=None, help="Folder of corrected masks (stage1_train_fixes)."
-)
-@click.option("--workers", default=0, show_default=True, help="Data-loading worker processes.")
-@click.option(
-    "--recipe", default="paper", show_default=True, help="Label of the recipe, recorded in the card."
-)
 @user_errors
-def train(
-    model,
-    data,
-    epochs,
-    batch_size,
-    lr,
-    weight_decay,
-    out,
-    limit,
-    resume,
-    seed,
-    threads,
-    precision,
-    device,
-    encoder_weights,
-    augment,
-    schedule,
-    warmup_epochs,
-    instance,
-    mask_fixes,
-    workers,
-    recipe,
-) -> None:
+def train(model, resume, encoder_weights, **options) -> None:
     """Train a network (BCE + Dice, Adam) and keep the best-validation checkpoint.
 
     \b
@@ -199,34 +191,11 @@ def train(
       edgeseg train fast_scnn --data ../shared/data/dsb2018/stage1_train --epochs 2 --limit 64 --out runs/smoke
     """
     from .train.models import list_models
-    from .train.trainer import TrainConfig, Trainer
+    from .train.trainer import Trainer
 
     if model not in list_models():
         raise EdgesegError(f"unknown model {model!r}", f"choose one of {', '.join(list_models())}")
-    weights = _encoder_weights(model, encoder_weights)
-    cfg = TrainConfig(
-        model=model,
-        data=",".join(data),
-        out=str(out or Path("runs") / model),
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        limit=limit,
-        seed=seed,
-        threads=threads,
-        precision=precision,
-        device=device,
-        encoder_weights=weights,
-        augment=augment,
-        schedule=schedule,
-        warmup_epochs=warmup_epochs,
-        out_channels=2 if instance else 1,
-        mask_fixes=mask_fixes,
-        num_workers=workers,
-        recipe=recipe,
-        command=_command_line(),
-    )
+    cfg = _train_config(model, Path("runs") / model, _encoder_weights(model, encoder_weights), **options)
     summary = Trainer(cfg).fit(resume=resume)
     click.echo(json.dumps({"run": cfg.out, **summary}))
 
@@ -439,33 +408,13 @@ def demo(out, epochs) -> None:
 @click.argument("student")
 @click.option("--teacher", default="mobilenetv2_unet", show_default=True,
               help="Teacher: a zoo name, a run folder or a .pt checkpoint with its card.")
-@click.option("--data", required=True, multiple=True,
-              help="Dataset folder; repeat to mix sources; PATH@F cuts large images into crops at scale F.")
 @click.option("--alpha", default=1.0, show_default=True, help="Weight of the distillation term (0: no teacher).")
 @click.option("--temperature", default=2.0, show_default=True, help="Temperature of the soft probabilities.")
-@click.option("--epochs", default=50, show_default=True)
-@click.option("--batch-size", default=8, show_default=True)
-@click.option("--lr", default=1e-3, show_default=True)
-@click.option("--weight-decay", default=1e-4, show_default=True)
-@click.option("--out", default=None, type=click.Path(), help="Run folder [runs/distill_STUDENT].")
-@click.option("--limit", type=int, default=None, help="Train on the first N training images (smoke tests).")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--threads", type=int, default=None, help="Torch CPU threads [all cores].")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--augment", type=click.Choice(["paper", "light", "ours", "none"]), default="light", show_default=True)
-@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="cosine", show_default=True)
-@click.option("--warmup-epochs", default=2, show_default=True)
-@click.option("--instance/--binary", default=True, show_default=True,
-              help="Give the student the nucleus-boundary output (instance head).")
-@click.option("--mask-fixes", type=click.Path(), default=None, help="Folder of corrected masks (stage1_train_fixes).")
-@click.option("--workers", default=0, show_default=True, help="Data-loading worker processes.")
-@click.option("--recipe", default="distill", show_default=True, help="Label of the recipe, recorded in the card.")
+@training_options(out_help="Run folder [runs/distill_STUDENT].", augment="light", schedule="cosine", warmup_epochs=2,
+                  instance=True, instance_help="Give the student the nucleus-boundary output (instance head).",
+                  recipe="distill")
 @user_errors
-def distill(student, teacher, data, alpha, temperature, epochs, batch_size, lr, weight_decay, out, limit, resume,
-            seed, threads, precision, device, augment, schedule, warmup_epochs, instance, mask_fixes, workers,
-            recipe) -> None:
+def distill(student, teacher, alpha, temperature, resume, **options) -> None:
     """Train a small network from a teacher's soft predictions (knowledge distillation) plus the ground truth.
 
     \b
@@ -477,17 +426,10 @@ def distill(student, teacher, data, alpha, temperature, epochs, batch_size, lr, 
     """
     from .train.distill import distill as run_distill
     from .train.models import list_models
-    from .train.trainer import TrainConfig
 
     if student not in list_models():
         raise EdgesegError(f"unknown model {student!r}", f"choose one of {', '.join(list_models())}")
-    cfg = TrainConfig(
-        model=student, data=",".join(data), out=str(out or Path("runs") / f"distill_{student}"), epochs=epochs,
-        batch_size=batch_size, lr=lr, weight_decay=weight_decay, limit=limit, seed=seed, threads=threads,
-        precision=precision, device=device, encoder_weights=None, augment=augment,
-        schedule=schedule, warmup_epochs=warmup_epochs, out_channels=2 if instance else 1, mask_fixes=mask_fixes,
-        num_workers=workers, recipe=recipe, command=_command_line(),
-    )
+    cfg = _train_config(student, Path("runs") / f"distill_{student}", None, **options)
     summary = run_distill(cfg, teacher, alpha=alpha, temperature=temperature, resume=resume)
     click.echo(json.dumps({"run": cfg.out, **summary}))
 
