@@ -16,6 +16,7 @@ from pathlib import Path
 from edgeseg.errors import EdgesegError
 from edgeseg.evaluate import mean_dice_at
 from edgeseg.preprocess import resize_labels
+from edgeseg.progress import Progress, reporter
 
 from .calibration import GuardSet
 
@@ -37,17 +38,11 @@ def file_dice(path: str | Path, guard: GuardSet, **backend_options) -> FileScore
     """Validation Dice (dice_256) of an exported file, run by the runtime's Segmenter and backend."""
     from edgeseg.segmenter import Segmenter
 
-    seg = Segmenter.load(path, verify=False, **backend_options)
-    try:
+    with Segmenter.load(path, verify=False, **backend_options) as seg:
         probs = [seg.resized_probs(s.image) for s in guard.samples]
         gts = [resize_labels(s.labels, seg.input_size) > 0 for s in guard.samples]
-        return FileScore(
-            mean_dice_at(probs, gts, seg.post.threshold),
-            seg.backend.executed_precision,
-            seg.backend.name,
-        )
-    finally:
-        seg.backend.close()
+        return FileScore(mean_dice_at(probs, gts, seg.post.threshold), seg.info["executed_precision"],
+                         seg.info["backend"])
 
 
 @dataclass
@@ -83,9 +78,10 @@ def climb(
     max_drop: float,
     *,
     what: str = "the INT8 file",
-    on_attempt: Callable[[dict], None] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[Path, GuardReport]:
-    """Build and score each (strategy, build) of ``ladder`` in order; return the first within ``max_drop``.
+    """Build and score each (strategy, build) of ``ladder`` in order; return the first within ``max_drop``. Each
+    attempt is reported to ``progress`` as it is scored.
 
     Raises :class:`GuardFailed` (one line) when none is; the caller removes the candidates.
     """
@@ -102,8 +98,8 @@ def climb(
             "passed": drop <= max_drop,
         }
         report.attempts.append(attempt)
-        if on_attempt:
-            on_attempt(attempt)
+        reporter(progress)(f"  {strategy}: validation Dice {attempt['dice']:.4f} (drop {attempt['drop']:+.4f}) "
+                           f"{'ok' if attempt['passed'] else 'over budget'}")
         if drop <= max_drop:
             report.strategy, report.dice = strategy, score.dice
             return path, report

@@ -1,9 +1,13 @@
 """`edgeseg export`: a checkpoint -> a checked ONNX / OpenVINO file (FP32, FP16 or guarded INT8) with its card.
 
-    torch_to_onnx        -> parity check against PyTorch on real test images (always: every format starts here)
-    onnx_to_openvino     -> parity check (OpenVINO forced to f32) and, with validation data, the Dice check
-    quantize_onnx        -> accuracy guard (climbs the strategy ladder)
-    quantize_openvino    -> accuracy guard (climbs the strategy ladder)
+An :class:`ExportSpec` holds the options; :func:`export_model` runs one route, each starting from the FP32 ONNX
+export and its parity check against PyTorch on real test images (:func:`_reference_onnx`):
+
+    _onnx_fp32        the FP32 ONNX as checked (exact float16 storage for a float16 checkpoint: parity again)
+    _openvino_float   OpenVINO IR, fp32/fp16 weights -> parity check (OpenVINO forced to f32) and, with
+                      validation data, the Dice check
+    _onnx_int8        quantize_onnx     -> accuracy guard (climbs the strategy ladder)
+    _openvino_int8    quantize_openvino -> accuracy guard (climbs the strategy ladder)
 
 Everything is built in a hidden temporary folder inside the output folder and moved into place (model file,
 weights, card) only when every check has passed, so a failure leaves nothing behind.
@@ -11,13 +15,16 @@ weights, card) only when every check has passed, so a failure leaves nothing beh
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,14 +33,19 @@ from edgeseg.data import find_items, load_sample
 from edgeseg.errors import DataError, EdgesegError, ModelError
 from edgeseg.fsutil import sha256_file
 from edgeseg.preprocess import preprocess
+from edgeseg.progress import Progress, reporter
+from edgeseg.zoo import ModelRef, variant_name
 
-from .calibration import DEFAULT_CALIB_SIZE, DEFAULT_SEED, calibration_set, guard_set
-from .guard import DEFAULT_MAX_DICE_DROP, climb, file_dice
+from .calibration import DEFAULT_CALIB_SIZE, DEFAULT_SEED, CalibrationSet, GuardSet, calibration_set, guard_set
+from .guard import DEFAULT_MAX_DICE_DROP, FileScore, climb, file_dice
 from .quantize import ONNX_STRATEGIES, OPENVINO_STRATEGIES, TARGETS
 
 FORMATS = ("onnx", "openvino")
 PRECISIONS = ("fp32", "fp16", "int8")
 SUFFIX = {"onnx": ".onnx", "openvino": ".xml"}
+
+Saver = Callable[[dict, Path], None]  # writes the chosen candidate, with the card inside, to a path
+Rung = Callable[[str, int], tuple[Path, Saver, dict]]  # (strategy, index) -> (candidate file, its saver, settings)
 
 
 def _parity_dir() -> Path:
@@ -42,29 +54,57 @@ def _parity_dir() -> Path:
     return Path(edgeseg.__file__).resolve().parent / "samples" / "dsb2018_sample"
 
 
-def variant_name(base: str, fmt: str, precision: str, target: str = "x86") -> str:
-    """``fast_scnn`` + onnx/int8 -> ``fast_scnn-int8``; OpenVINO files end in ``-ov``; non-x86 INT8 names its target."""
-    name = f"{base}-{precision}"
-    if precision == "int8" and target != "x86":
-        name += f"-{target}"
-    return name + ("-ov" if fmt == "openvino" else "")
+@dataclass(frozen=True)
+class ExportSpec:
+    """Every option of one export: ``model`` (zoo name, run folder or .pt) to ``fmt`` at ``precision``.
 
+    ``guard_data`` defaults to ``calib_data`` (its validation split when canonical). ``test_data``, when given,
+    scores the final file on that folder's test split (through the runtime) and records it in the card.
+    ``strategies`` is the guard ladder to climb (None: every strategy of the format, in order).
+    """
 
-def check_options(fmt: str, precision: str, target: str, calib_data) -> None:
-    """One-line errors for combinations that cannot be exported, before any work is done."""
-    if fmt not in FORMATS:
-        raise EdgesegError(f"unknown format {fmt!r}", f"use one of {', '.join(FORMATS)}")
-    if precision not in PRECISIONS:
-        raise EdgesegError(f"unknown precision {precision!r}", f"use one of {', '.join(PRECISIONS)}")
-    if target not in TARGETS:
-        raise EdgesegError(f"unknown target {target!r}", f"use one of {', '.join(TARGETS)}")
-    if fmt == "onnx" and precision == "fp16":
-        raise EdgesegError(
-            "ONNX fp16 is not offered (ONNX Runtime's CPU provider runs fp16 graphs slower than fp32)",
-            "use --precision int8, or --format openvino --precision fp16",
-        )
-    if precision == "int8" and not calib_data:
-        raise DataError("INT8 export needs calibration images", "pass --calib-data DIR (e.g. the training data)")
+    model: str | Path
+    fmt: str = "onnx"
+    precision: str = "fp32"
+    out_dir: str | Path = "."
+    calib_data: str | Path | None = None
+    calib_size: int = DEFAULT_CALIB_SIZE
+    seed: int = DEFAULT_SEED
+    max_dice_drop: float = DEFAULT_MAX_DICE_DROP
+    target: str = "x86"
+    guard_data: str | Path | None = None
+    test_data: str | Path | None = None
+    name: str | None = None
+    strategies: tuple[str, ...] | None = None
+    command: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategies is not None:  # a list from a caller: kept as a tuple, so the spec stays immutable
+            object.__setattr__(self, "strategies", tuple(self.strategies))
+
+    def check(self) -> None:
+        """One-line errors for combinations that cannot be exported, before any work is done (torch not imported)."""
+        if self.fmt not in FORMATS:
+            raise EdgesegError(f"unknown format {self.fmt!r}", f"use one of {', '.join(FORMATS)}")
+        if self.precision not in PRECISIONS:
+            raise EdgesegError(f"unknown precision {self.precision!r}", f"use one of {', '.join(PRECISIONS)}")
+        if self.target not in TARGETS:
+            raise EdgesegError(f"unknown target {self.target!r}", f"use one of {', '.join(TARGETS)}")
+        if self.fmt == "onnx" and self.precision == "fp16":
+            raise EdgesegError(
+                "ONNX fp16 is not offered (ONNX Runtime's CPU provider runs fp16 graphs slower than fp32)",
+                "use --precision int8, or --format openvino --precision fp16",
+            )
+        if self.precision == "int8" and not self.calib_data:
+            raise DataError("INT8 export needs calibration images", "pass --calib-data DIR (e.g. the training data)")
+
+    def variant(self, base: str) -> str:
+        """The exported file's name without suffix: ``name``, or ``base`` (the checkpoint's card name) + variant."""
+        return self.name or variant_name(base, self.fmt, self.precision, self.target)
+
+    @property
+    def guard_from(self) -> str | Path | None:
+        return self.guard_data or self.calib_data
 
 
 def check_writable(out_dir: Path) -> None:
@@ -98,19 +138,20 @@ def _executed_on() -> str:
 
 
 def _base_card(ref, name: str, fmt: str, precision: str) -> dict:
+    """The exported file's card being built (a dict): the checkpoint's, less what describes the checkpoint file."""
     src = ref.card
-    card = {k: v for k, v in src.items() if k not in ("file", "sha256", "metrics", "weights_file", "weights_sha256")}
-    test = (src.get("metrics") or {}).get("test") or {}
+    dropped = ("file", "sha256", "metrics", "weights_file", "weights_sha256")
+    card = {k: v for k, v in src.to_dict().items() if k not in dropped}
     card.update(
         name=name,
         format=fmt,
         precision=precision,
         source={
-            "name": src.get("name", ref.name),
+            "name": src.name,
             "file": ref.path.name,
-            "sha256": src.get("sha256") or sha256_file(ref.path),
+            "sha256": src.sha256 or sha256_file(ref.path),
             "format": "torch",
-            "test_dice_256": test.get("dice_256"),
+            "test_dice_256": src.test_dice,
         },
         metrics={},
         versions=library_versions(),  # the export's libraries (onnx, onnxruntime, openvino, nncf, torch)
@@ -119,102 +160,52 @@ def _base_card(ref, name: str, fmt: str, precision: str) -> dict:
     return card
 
 
-def export_model(
-    model: str | Path,
-    fmt: str = "onnx",
-    precision: str = "fp32",
-    *,
-    out_dir: str | Path = ".",
-    calib_data: str | Path | None = None,
-    calib_size: int = DEFAULT_CALIB_SIZE,
-    seed: int = DEFAULT_SEED,
-    max_dice_drop: float = DEFAULT_MAX_DICE_DROP,
-    target: str = "x86",
-    guard_data: str | Path | None = None,
-    test_data: str | Path | None = None,
-    name: str | None = None,
-    strategies: list[str] | None = None,
-    command: str | None = None,
-    log: Callable[[str], None] | None = None,
-) -> dict:
-    """Export ``model`` (zoo name, run folder or .pt) and return a report (path, card, checks).
+def export_model(spec: ExportSpec, progress: Progress | None = None) -> dict:
+    """Export ``spec.model`` as ``spec`` says and return a report (path, card, checks, size).
 
-    ``guard_data`` defaults to ``calib_data`` (its validation split when canonical). ``test_data``, when given,
-    scores the final file on that folder's test split (through the runtime) and records it in the card.
+    Everything is built in a hidden temporary folder inside ``spec.out_dir`` and moved into place only when every
+    check has passed.
     """
-    say = log or (lambda msg: None)
-    check_options(fmt, precision, target, calib_data)
-    out_dir = Path(out_dir)
+    say = reporter(progress)
+    spec.check()
+    out_dir = Path(spec.out_dir)
     created = not out_dir.exists()
     check_writable(out_dir)
     try:
-        return _export(model, fmt, precision, out_dir, calib_data, calib_size, seed, max_dice_drop, target,
-                       guard_data, test_data, name, strategies, command, say)
+        return _export(spec, out_dir, say)
     except BaseException:
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()  # leave no empty folder behind either
         raise
 
 
-def _export(model, fmt, precision, out_dir, calib_data, calib_size, seed, max_dice_drop, target, guard_data,
-            test_data, name, strategies, command, say) -> dict:
-    from edgeseg.train.predict import load_checkpoint
-    from edgeseg.zoo import resolve_model
+@dataclass
+class _Build:
+    """One export in progress, what every route works with: the spec, the source network and its card, the card
+    being filled, the work folder, then the data sets (:func:`_load_data`) and the checked FP32 ONNX, the parity
+    inputs and the reference Dice (:func:`_reference_onnx`)."""
 
-    ref = resolve_model(model)
-    if ref.format != "torch":
-        raise ModelError(
-            f"{ref.path.name} is already a {ref.format} file",
-            "export from the PyTorch checkpoint (a zoo name, a run folder or a .pt file)",
-        )
-    net = load_checkpoint(ref.path, ref.card)
-    base = ref.card.get("name", ref.name)
-    name = name or variant_name(base, fmt, precision, target)
-    final_name = name + SUFFIX[fmt]
-    card = _base_card(ref, name, fmt, precision)
-    card["export"] = {"command": command, "opset": None, "target": target if precision == "int8" else None}
-    guard_from = guard_data or calib_data
-    work = Path(tempfile.mkdtemp(prefix=".edgeseg-export-", dir=out_dir))
-    try:
-        report = _export_in(work, net, ref, card, fmt, precision, calib_data, calib_size, seed, max_dice_drop,
-                            target, guard_from, test_data, strategies, final_name, say)
-        moved = []
-        files = [work / final_name]
-        if fmt == "openvino":
-            files.insert(0, (work / final_name).with_suffix(".bin"))
-        files.append(card_path(work / final_name))
-        for f in files:  # weights, model, card: the card (what resolves a model) arrives last
-            os.replace(f, out_dir / f.name)
-            moved.append(out_dir / f.name)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    report.update(path=str(out_dir / final_name), card=str(card_path(out_dir / final_name)))
-    report["size_bytes"] = sum(p.stat().st_size for p in moved if not p.name.endswith(".card.json"))
-    return report
+    spec: ExportSpec
+    ref: ModelRef
+    net: Any  # the PyTorch network (torch is imported only once the options are checked)
+    card: dict
+    work: Path
+    final: Path  # the shipped file, inside ``work`` until it is moved into place
+    say: Progress
+    calib: CalibrationSet | None = None
+    guard: GuardSet | None = None
+    fp32: Path | None = None
+    fp32_card: dict | None = None
+    x: np.ndarray | None = None
+    reference: FileScore | None = None
 
+    def parity(self, path: Path, what: str) -> dict:
+        """The PyTorch parity gate on the bundled test images: max |probability diff| <= PARITY_TOLERANCE."""
+        from .onnx import PARITY_TOLERANCE, logit_parity
 
-def _export_in(work, net, ref, card, fmt, precision, calib_data, calib_size, seed, max_drop, target, guard_from,
-               test_data, strategies, final_name, say) -> dict:
-    from .onnx import OPSET, PARITY_TOLERANCE, fp16_exact, logit_parity, set_onnx_card, torch_to_onnx
-
-    # the data first: a bad folder fails in a second, before any conversion
-    calib = guard = None
-    if precision == "int8":
-        calib = calibration_set(calib_data, calib_size, seed=seed, size=int(card["input_size"][0]),
-                                normalisation=card["normalisation"])
-    if guard_from and (precision != "fp32" or fmt == "openvino"):
-        guard = guard_set(guard_from)
-    fp32_card = dict(card, format="onnx", precision="fp32", name=card["name"])
-    fp32 = work / "fp32.onnx"
-    say(f"exporting {ref.name} to ONNX (opset {OPSET})")
-    torch_to_onnx(net, fp32_card, fp32)
-    card["export"]["opset"] = OPSET
-    x = parity_inputs(card)
-
-    def checked_parity(path: Path, what: str) -> dict:
-        parity = logit_parity(net, path, x)
-        say(f"{what} parity vs PyTorch on {parity['images']} test images: "
-            f"max |dlogit| {parity['max_abs_logit_diff']:.2e}, max |dprob| {parity['max_abs_prob_diff']:.2e}")
+        parity = logit_parity(self.net, path, self.x)
+        self.say(f"{what} parity vs PyTorch on {parity['images']} test images: "
+                 f"max |dlogit| {parity['max_abs_logit_diff']:.2e}, max |dprob| {parity['max_abs_prob_diff']:.2e}")
         if parity["max_abs_prob_diff"] > PARITY_TOLERANCE:
             raise ModelError(
                 f"the {what} graph differs from PyTorch by {parity['max_abs_prob_diff']:.2e} in probability "
@@ -224,85 +215,211 @@ def _export_in(work, net, ref, card, fmt, precision, calib_data, calib_size, see
         parity["gate"] = f"max_abs_prob_diff <= {PARITY_TOLERANCE} (probabilities = the graph's outputs)"
         return parity
 
-    card["export"]["parity_onnx_fp32"] = checked_parity(fp32, "ONNX")
-    reference = None
+
+def _export(spec: ExportSpec, out_dir: Path, say: Progress) -> dict:
+    from edgeseg.train.predict import load_checkpoint
+    from edgeseg.zoo import resolve_model
+
+    ref = resolve_model(spec.model)
+    if ref.format != "torch":
+        raise ModelError(
+            f"{ref.path.name} is already a {ref.format} file",
+            "export from the PyTorch checkpoint (a zoo name, a run folder or a .pt file)",
+        )
+    net = load_checkpoint(ref.path, ref.card)
+    name = spec.variant(ref.card.name)
+    card = _base_card(ref, name, spec.fmt, spec.precision)
+    card["export"] = {"command": spec.command, "opset": None,
+                      "target": spec.target if spec.precision == "int8" else None}
+    work = Path(tempfile.mkdtemp(prefix=".edgeseg-export-", dir=out_dir))
+    try:
+        final = work / (name + SUFFIX[spec.fmt])
+        report = _build(_Build(spec, ref, net, card, work, final, say))
+        moved = _move_into_place(final, out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report.update(path=str(out_dir / final.name), card=str(card_path(out_dir / final.name)))
+    report["size_bytes"] = sum(p.stat().st_size for p in moved if not p.name.endswith(".card.json"))
+    return report
+
+
+def _move_into_place(final: Path, out_dir: Path) -> list[Path]:
+    """Weights, model, card: the card (what resolves a model) arrives last."""
+    files = [final.with_suffix(".bin")] if final.suffix == ".xml" else []
+    moved = []
+    for f in [*files, final, card_path(final)]:
+        os.replace(f, out_dir / f.name)
+        moved.append(out_dir / f.name)
+    return moved
+
+
+def _build(b: _Build) -> dict:
+    """The data, the checked FP32 ONNX every route starts from, the route of (format, precision), the card."""
+    _load_data(b)
+    _reference_onnx(b)
+    route = {
+        ("onnx", "fp32"): _onnx_fp32,
+        ("onnx", "int8"): _onnx_int8,
+        ("openvino", "fp32"): _openvino_float,
+        ("openvino", "fp16"): _openvino_float,
+        ("openvino", "int8"): _openvino_int8,
+    }[b.spec.fmt, b.spec.precision]
+    return _finish(b, route(b))
+
+
+def _load_data(b: _Build) -> None:
+    """The data first: a bad folder fails in a second, before any conversion."""
+    spec = b.spec
+    if spec.precision == "int8":
+        b.calib = calibration_set(spec.calib_data, spec.calib_size, seed=spec.seed,
+                                  size=int(b.card["input_size"][0]), normalisation=b.card["normalisation"])
+    if spec.guard_from and (spec.precision != "fp32" or spec.fmt == "openvino"):
+        b.guard = guard_set(spec.guard_from)
+
+
+def _reference_onnx(b: _Build) -> None:
+    """PyTorch -> FP32 ONNX, its parity against PyTorch and, with validation data, its Dice (the guard's
+    reference)."""
+    from .onnx import OPSET, torch_to_onnx
+
+    b.fp32_card = dict(b.card, format="onnx", precision="fp32", name=b.card["name"])
+    b.fp32 = b.work / "fp32.onnx"
+    b.say(f"exporting {b.ref.name} to ONNX (opset {OPSET})")
+    torch_to_onnx(b.net, b.fp32_card, b.fp32)
+    b.card["export"]["opset"] = OPSET
+    b.x = parity_inputs(b.card)
+    b.card["export"]["parity_onnx_fp32"] = b.parity(b.fp32, "ONNX")
+    if b.guard is not None:
+        b.reference = file_dice(b.fp32, b.guard)
+        b.say(f"FP32 ONNX reference: validation Dice {b.reference.dice:.4f} on {len(b.guard)} images")
+
+
+def _onnx_fp32(b: _Build) -> Saver:
+    """The FP32 ONNX as checked; from a float16 checkpoint, the same graph from exact float16 storage."""
+    from .onnx import fp16_exact, set_onnx_card, torch_to_onnx
+
+    shipped = b.fp32
+    if fp16_exact(b.net):  # a float16 checkpoint: ship the same FP32 graph from float16 storage (lossless)
+        shipped = b.work / "fp32-fp16-storage.onnx"
+        torch_to_onnx(b.net, b.fp32_card, shipped, fp16_storage=True)
+        b.card["export"]["parity_onnx_fp32_fp16_storage"] = b.parity(shipped, "ONNX (fp16 storage)")
+        b.card["export"]["weight_storage"] = (
+            "float16, exact: the checkpoint's weights are float16 values; BatchNorm kept as nodes so that they "
+            "stay exact, folded by the runtime at load; FP32 arithmetic")
+        b.say(f"weights stored as exact float16: {b.fp32.stat().st_size / 1e6:.1f} MB -> "
+              f"{shipped.stat().st_size / 1e6:.1f} MB")
+    return _onnx_saver(shipped, set_onnx_card)
+
+
+def _openvino_float(b: _Build) -> Saver:
+    """OpenVINO IR with fp32 or fp16 weights: parity against ONNX Runtime and, with validation data, the Dice
+    check (an fp16 IR that loses more than the budget fails)."""
+    from .openvino import save_openvino
+    from .quantize import to_openvino_model
+
+    precision, max_drop = b.spec.precision, b.spec.max_dice_drop
+    ov_model = to_openvino_model(b.fp32)
+    cand = b.work / f"cand-{precision}.xml"
+    save_openvino(ov_model, cand, b.card, fp16_weights=precision == "fp16")
+    b.card["export"]["parity_openvino_f32"] = _openvino_parity(cand, b.fp32, b.x)
+    if b.guard is not None:
+        score = file_dice(cand, b.guard)
+        drop = b.reference.dice - score.dice
+        b.card["guard"] = {
+            "metric": "dice_256 via Segmenter", "data": b.guard.info, "reference": "FP32 ONNX (onnxruntime)",
+            "reference_dice": round(b.reference.dice, 6), "dice": round(score.dice, 6), "drop": round(drop, 6),
+            "max_drop": max_drop, "strategy": f"{precision} weights", "attempts": [],
+        }
+        b.say(f"{precision} IR: validation Dice {score.dice:.4f} (drop {drop:+.4f})")
+        if precision == "fp16" and drop > max_drop:
+            raise EdgesegError(
+                f"the fp16 IR loses {drop:.4f} validation Dice (> {max_drop})", "ship the fp32 IR instead"
+            )
+    return _openvino_saver(ov_model, precision == "fp16")
+
+
+def _onnx_int8(b: _Build) -> Saver:
+    """Static QDQ INT8 ONNX (onnxruntime.quantization), guarded: the first strategy within budget ships."""
+    from .onnx import set_onnx_card
+    from .quantize import quantize_onnx
+
+    def build(strategy: str, i: int) -> tuple[Path, Saver, dict]:
+        cand = b.work / f"cand{i}.onnx"
+        settings = quantize_onnx(b.fp32, cand, b.calib, strategy=strategy, target=b.spec.target, work_dir=b.work)
+        _onnx_saver(cand, set_onnx_card)(dict(b.card, quantization=settings), cand)
+        return cand, _onnx_saver(cand, set_onnx_card), settings
+
+    return _guarded_int8(b, ONNX_STRATEGIES, build)
+
+
+def _openvino_int8(b: _Build) -> Saver:
+    """INT8 OpenVINO IR (NNCF), guarded: the first strategy within budget ships."""
+    from .openvino import save_openvino
+    from .quantize import openvino_dice_metric, quantize_openvino
+
+    def build(strategy: str, i: int) -> tuple[Path, Saver, dict]:
+        validation = None
+        if strategy == "accuracy-control":
+            validation = (_validation_items(b.guard, b.card), openvino_dice_metric(float(b.card["threshold"])))
+        model, settings = quantize_openvino(b.fp32, b.calib, strategy=strategy, target=b.spec.target,
+                                            validation=validation, max_drop=b.spec.max_dice_drop)
+        cand = b.work / f"cand{i}.xml"
+        save_openvino(model, cand, dict(b.card, quantization=settings), fp16_weights=False)
+        return cand, _openvino_saver(model, False), settings
+
+    return _guarded_int8(b, OPENVINO_STRATEGIES, build)
+
+
+def _guarded_int8(b: _Build, allowed: tuple[str, ...], build: Rung) -> Saver:
+    """Climb the strategy ladder (``climb``: the first candidate whose validation Dice drop from the FP32 ONNX is
+    within budget) and record calibration, guard and quantisation settings in the card."""
+    card, calib, guard = b.card, b.calib, b.guard
+    b.say(f"calibration: {len(calib)} images of {calib.info['source']} [{calib.info['split']}], "
+          f"strata {calib.info['strata']}")
+    card["calibration"] = calib.info
+    names = list(b.spec.strategies or allowed)
+    bad = [s for s in names if s not in allowed]
+    if bad:
+        raise EdgesegError(f"unknown {b.spec.fmt} strategy {bad[0]!r}", f"use one of {', '.join(allowed)}")
+    savers: dict[str, tuple[Saver, dict]] = {}
+
+    def rung(strategy: str, i: int) -> Path:
+        cand, saver, settings = build(strategy, i)
+        savers[strategy] = (saver, settings)
+        return cand
+
+    ladder = [(s, functools.partial(rung, s, i)) for i, s in enumerate(names)]
+    _, greport = climb(ladder, guard, b.reference.dice, b.spec.max_dice_drop,
+                       what=f"INT8 {card['source']['name']}", progress=b.say)
+    card["guard"] = greport.to_dict(guard, "FP32 ONNX (onnxruntime)")
+    saver, card["quantization"] = savers[greport.strategy]
     if guard is not None:
-        reference = file_dice(fp32, guard)
-        say(f"FP32 ONNX reference: validation Dice {reference.dice:.4f} on {len(guard)} images")
+        card["metrics"]["val"] = {"dice_256": card["guard"]["dice"],
+                                  **{k: guard.info.get(k) for k in ("split", "split_file", "split_hash")}}
+    return saver
 
-    final = work / final_name
-    if fmt == "onnx" and precision == "fp32":
-        shipped = fp32
-        if fp16_exact(net):  # a float16 checkpoint: ship the same FP32 graph from float16 storage (lossless)
-            shipped = work / "fp32-fp16-storage.onnx"
-            torch_to_onnx(net, fp32_card, shipped, fp16_storage=True)
-            card["export"]["parity_onnx_fp32_fp16_storage"] = checked_parity(shipped, "ONNX (fp16 storage)")
-            card["export"]["weight_storage"] = (
-                "float16, exact: the checkpoint's weights are float16 values; BatchNorm kept as nodes so that they "
-                "stay exact, folded by the runtime at load; FP32 arithmetic")
-            say(f"weights stored as exact float16: {fp32.stat().st_size / 1e6:.1f} MB -> "
-                f"{shipped.stat().st_size / 1e6:.1f} MB")
-        saver = _onnx_saver(shipped, set_onnx_card)
-    elif fmt == "openvino" and precision in ("fp32", "fp16"):
-        from .openvino import save_openvino
-        from .quantize import to_openvino_model
 
-        ov_model = to_openvino_model(fp32)
-        cand = work / f"cand-{precision}.xml"
-        save_openvino(ov_model, cand, card, fp16_weights=precision == "fp16")
-        card["export"]["parity_openvino_f32"] = _openvino_parity(cand, fp32, x)
-        if guard is not None:
-            score = file_dice(cand, guard)
-            drop = reference.dice - score.dice
-            card["guard"] = {
-                "metric": "dice_256 via Segmenter", "data": guard.info, "reference": "FP32 ONNX (onnxruntime)",
-                "reference_dice": round(reference.dice, 6), "dice": round(score.dice, 6), "drop": round(drop, 6),
-                "max_drop": max_drop, "strategy": f"{precision} weights", "attempts": [],
-            }
-            say(f"{precision} IR: validation Dice {score.dice:.4f} (drop {drop:+.4f})")
-            if precision == "fp16" and drop > max_drop:
-                raise EdgesegError(
-                    f"the fp16 IR loses {drop:.4f} validation Dice (> {max_drop})", "ship the fp32 IR instead"
-                )
-        saver = _openvino_saver(ov_model, precision == "fp16")
-    else:  # int8
-        say(f"calibration: {len(calib)} images of {calib.info['source']} [{calib.info['split']}], "
-            f"strata {calib.info['strata']}")
-        card["calibration"] = calib.info
-        ladder, savers = _ladder(fmt, work, fp32, calib, card, target, guard, max_drop, strategies)
-
-        def report_attempt(a):
-            say(f"  {a['strategy']}: validation Dice {a['dice']:.4f} (drop {a['drop']:+.4f}) "
-                f"{'ok' if a['passed'] else 'over budget'}")
-
-        chosen, greport = climb(ladder, guard, reference.dice, max_drop, what=f"INT8 {card['source']['name']}",
-                                on_attempt=report_attempt)
-        card["guard"] = greport.to_dict(guard, "FP32 ONNX (onnxruntime)")
-        card["quantization"] = savers[greport.strategy][1]
-        saver = savers[greport.strategy][0]
-        if guard is not None:
-            card["metrics"]["val"] = {"dice_256": card["guard"]["dice"], **{k: guard.info.get(k) for k in
-                                                                            ("split", "split_file", "split_hash")}}
-    # executed precision: open the candidate the way the runtime does
-    saver(card, final)
-    score_path = final
+def _finish(b: _Build, saver: Saver) -> dict:
+    """Write the chosen candidate, record what the runtime executes it as (and its test Dice), write the card."""
     from edgeseg.backends import open_backend
 
-    be = open_backend(score_path)
+    card, final, spec = b.card, b.final, b.spec
+    saver(card, final)
+    be = open_backend(final)  # executed precision: open the candidate the way the runtime does
     card["executed_precision"] = be.executed_precision
     card["executed_on"] = _executed_on()
     be.close()
-    if "guard" in card and fmt == "openvino" and precision != "int8":
+    if "guard" in card and spec.fmt == "openvino" and spec.precision != "int8":
         card["metrics"]["val"] = {"dice_256": card["guard"]["dice"]}
-    if test_data:
-        card["metrics"]["test"] = evaluate_file(final, test_data)
-        say(f"test split: Dice {card['metrics']['test']['dice_256']:.4f}")
+    if spec.test_data:
+        card["metrics"]["test"] = evaluate_file(final, spec.test_data)
+        b.say(f"test split: Dice {card['metrics']['test']['dice_256']:.4f}")
     saver(card, final)  # the final card inside the file
     write_card(final, card)
     return {
         "name": card["name"],
-        "format": fmt,
-        "precision": precision,
+        "format": spec.fmt,
+        "precision": spec.precision,
         "executed_precision": card["executed_precision"],
         "parity": card["export"]["parity_onnx_fp32"],
         "guard": card.get("guard"),
@@ -347,43 +464,6 @@ def _openvino_parity(xml: Path, fp32_onnx: Path, x: np.ndarray) -> dict:
     return {"images": int(len(x)), "max_abs_prob_diff_vs_onnx": d, "inference_precision": "f32"}
 
 
-def _ladder(fmt, work, fp32, calib, card, target, guard, max_drop, strategies):
-    """(strategy, build) pairs for the guard and, per strategy, (saver, settings) of the built candidate."""
-    from .onnx import set_onnx_card
-    from .quantize import openvino_dice_metric, quantize_onnx, quantize_openvino
-
-    names = list(strategies or (ONNX_STRATEGIES if fmt == "onnx" else OPENVINO_STRATEGIES))
-    allowed = ONNX_STRATEGIES if fmt == "onnx" else OPENVINO_STRATEGIES
-    bad = [s for s in names if s not in allowed]
-    if bad:
-        raise EdgesegError(f"unknown {fmt} strategy {bad[0]!r}", f"use one of {', '.join(allowed)}")
-    savers: dict[str, tuple] = {}
-    ladder = []
-    for i, strategy in enumerate(names):
-        if fmt == "onnx":
-            def build(strategy=strategy, i=i):
-                cand = work / f"cand{i}.onnx"
-                settings = quantize_onnx(fp32, cand, calib, strategy=strategy, target=target, work_dir=work)
-                _onnx_saver(cand, set_onnx_card)(dict(card, quantization=settings), cand)
-                savers[strategy] = (_onnx_saver(cand, set_onnx_card), settings)
-                return cand
-        else:
-            def build(strategy=strategy, i=i):
-                from .openvino import save_openvino
-
-                validation = None
-                if strategy == "accuracy-control":
-                    validation = (_validation_items(guard, card), openvino_dice_metric(float(card["threshold"])))
-                model, settings = quantize_openvino(fp32, calib, strategy=strategy, target=target,
-                                                    validation=validation, max_drop=max_drop)
-                cand = work / f"cand{i}.xml"
-                save_openvino(model, cand, dict(card, quantization=settings), fp16_weights=False)
-                savers[strategy] = (_openvino_saver(model, False), settings)
-                return cand
-        ladder.append((strategy, build))
-    return ladder, savers
-
-
 def _validation_items(guard, card) -> list:
     from edgeseg.preprocess import resize_labels
 
@@ -397,14 +477,10 @@ def _validation_items(guard, card) -> list:
 
 def evaluate_file(path: str | Path, data: str | Path, split: str | None = None) -> dict:
     """Score an exported file on a folder (its test split when canonical) the way `edgeseg eval` does."""
-    from edgeseg.evaluate import evaluate
+    from edgeseg.evaluate import evaluate_folder
     from edgeseg.segmenter import Segmenter
-    from edgeseg.split import select_items
 
-    seg = Segmenter.load(path, verify=False)
-    try:
-        items, info = select_items(find_items(data), split, where=str(data))
-        result = evaluate(seg, (load_sample(it) for it in items), total=len(items))
-    finally:
-        seg.backend.close()
+    with Segmenter.load(path, verify=False) as seg:
+        result = evaluate_folder(seg, data, split)
+    info = {k: v for k, v in result["info"].items() if k != "data"}  # the split, as before: no folder path in cards
     return {**info, **result["summary"], "per_type": result["per_type"]}

@@ -30,7 +30,7 @@ from edgeseg.export.onnx import (
     store_exact_fp16,
     torch_to_onnx,
 )
-from edgeseg.export.pipeline import export_model, parity_inputs
+from edgeseg.export.pipeline import ExportSpec, export_model, parity_inputs
 from edgeseg.export.quantize import onnx_float_ends
 from edgeseg.segmenter import Segmenter
 from edgeseg.train.models import build_model
@@ -81,7 +81,7 @@ def test_onnx_round_trip_matches_pytorch_on_real_images(fast_scnn, fp32_export):
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", 3, 256, 256]
     assert [o.name for o in model.graph.output] == ["foreground"]
-    x = parity_inputs(ref.card)
+    x = parity_inputs(ref.card.to_dict())
     parity = logit_parity(net, path, x)
     assert parity["images"] == 8
     assert parity["max_abs_prob_diff"] <= 1e-4
@@ -155,12 +155,12 @@ def test_export_of_a_float16_checkpoint_ships_fp32_from_exact_float16_storage(tm
     state = torch.load(ref.path, weights_only=True)
     ckpt = tmp_path / "half16.pt"
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, ckpt)
-    write_card(ckpt, {**ref.card, "name": "half16"})
+    write_card(ckpt, ref.card.replace(name="half16"))
     out = tmp_path / "out"
     r = CliRunner().invoke(main, ["export", str(ckpt), "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     path = Path(json.loads(r.stdout)["path"])
-    card = read_card(path)
+    card = read_card(path).to_dict()
     assert card["export"]["weight_storage"].startswith("float16, exact")
     assert card["export"]["parity_onnx_fp32_fp16_storage"]["max_abs_prob_diff"] <= 1e-4
     kinds = {t.data_type for t in onnx.load(str(path)).graph.initializer if len(t.dims) == 4}
@@ -206,7 +206,7 @@ def test_onnx_fp32_export_embeds_the_card_and_writes_it_beside(fp32_export):
     assert path.name == "fast_scnn-fp32.onnx"
     assert _files(path.parent) == ["fast_scnn-fp32.card.json", "fast_scnn-fp32.onnx"]
     assert fp32_export["executed_precision"] == "fp32" and fp32_export["size_bytes"] == path.stat().st_size
-    beside = read_card(path, verify=True)
+    beside = read_card(path, verify=True).to_dict()
     inside = read_embedded_card(path)
     assert inside["name"] == beside["name"] == "fast_scnn-fp32"
     assert inside["format"] == "onnx" and inside["precision"] == "fp32" and beside["executed_precision"] == "fp32"
@@ -221,12 +221,12 @@ def test_openvino_fp16_export_carries_the_card_in_rt_info(tmp_path, adhoc_data):
     import openvino as ov
 
     out = tmp_path / "ov"
-    export_model("fast_scnn", "openvino", "fp16", out_dir=out, guard_data=adhoc_data, max_dice_drop=0.02)
+    export_model(ExportSpec("fast_scnn", "openvino", "fp16", out_dir=out, guard_data=adhoc_data, max_dice_drop=0.02))
     xml = out / "fast_scnn-fp16-ov.xml"
     assert _files(out) == ["fast_scnn-fp16-ov.bin", "fast_scnn-fp16-ov.card.json", "fast_scnn-fp16-ov.xml"]
     model = ov.Core().read_model(str(xml))
     inside = json.loads(model.get_rt_info(CARD_METADATA_KEY).astype(str))
-    card = read_card(xml, verify=True)
+    card = read_card(xml, verify=True).to_dict()
     assert inside["name"] == card["name"] == "fast_scnn-fp16-ov" and inside["precision"] == "fp16"
     assert card["weights_file"] == "fast_scnn-fp16-ov.bin"
     assert card["export"]["parity_openvino_f32"]["max_abs_prob_diff_vs_onnx"] < 1e-2
@@ -240,10 +240,14 @@ def test_openvino_fp16_export_carries_the_card_in_rt_info(tmp_path, adhoc_data):
 
 def test_int8_onnx_passes_the_guard_and_records_calibration_and_strategy(tmp_path, adhoc_data):
     out = tmp_path / "q"
-    report = export_model("fast_scnn", "onnx", "int8", out_dir=out, calib_data=adhoc_data, calib_size=6,
-                          max_dice_drop=0.05)
+    said = []
+    report = export_model(ExportSpec("fast_scnn", "onnx", "int8", out_dir=out, calib_data=adhoc_data, calib_size=6,
+                                     max_dice_drop=0.05), progress=said.append)
+    assert said[0].startswith("exporting fast_scnn to ONNX")
+    assert any(m.startswith("calibration: 6 images") for m in said)
+    assert any(m.strip().startswith("per-tensor: validation Dice") for m in said)
     path = out / "fast_scnn-int8.onnx"
-    card = read_card(path)
+    card = read_card(path).to_dict()
     assert card["precision"] == "int8" and card["executed_precision"] == "int8"
     cal = card["calibration"]
     assert cal["n_images"] == 6 and cal["split"] == "all" and len(cal["sha256"]) == 64
@@ -261,8 +265,8 @@ def test_int8_onnx_passes_the_guard_and_records_calibration_and_strategy(tmp_pat
 def test_int8_guard_fails_cleanly_when_no_strategy_meets_the_budget(tmp_path, adhoc_data):
     out = tmp_path / "never"
     with pytest.raises(GuardFailed, match="every strategy") as err:
-        export_model("fast_scnn", "onnx", "int8", out_dir=out, calib_data=adhoc_data, calib_size=2,
-                     max_dice_drop=-1.0, strategies=["per-tensor", "per-channel"])
+        export_model(ExportSpec("fast_scnn", "onnx", "int8", out_dir=out, calib_data=adhoc_data, calib_size=2,
+                                max_dice_drop=-1.0, strategies=["per-tensor", "per-channel"]))
     assert "per-tensor" in str(err.value) and "per-channel" in str(err.value) and "\n" not in str(err.value)
     assert not out.exists()  # nothing half-written, not even the folder it made
 
@@ -271,8 +275,8 @@ def test_int8_guard_escalates_when_drop_too_large(fast_scnn, tmp_path, adhoc_dat
     """A ladder whose first rung is a real but worse model (untrained weights) climbs to the next rung."""
     ref, net = fast_scnn
     torch.manual_seed(0)
-    bad = torch_to_onnx(build_model("fast_scnn").eval(), dict(ref.card, name="bad"), tmp_path / "bad.onnx")
-    good = torch_to_onnx(net, dict(ref.card, name="good"), tmp_path / "good.onnx")
+    bad = torch_to_onnx(build_model("fast_scnn").eval(), ref.card.replace(name="bad").to_dict(), tmp_path / "bad.onnx")
+    good = torch_to_onnx(net, ref.card.replace(name="good").to_dict(), tmp_path / "good.onnx")
     guard = guard_set(adhoc_data)
     reference = file_dice(good, guard).dice
     built = []
@@ -359,6 +363,19 @@ def test_bad_options_fail_with_one_line(tmp_path, sample_dir, args, message):
     assert not (tmp_path / "o").exists()
 
 
+def test_export_spec_checks_options_and_names_the_variant(tmp_path):
+    spec = ExportSpec("fast_scnn", "openvino", "int8", calib_data=tmp_path, target="arm", strategies=["default"])
+    spec.check()
+    assert spec.strategies == ("default",) and spec.guard_from == tmp_path  # guard data: the calibration folder
+    assert spec.variant("fast_scnn") == "fast_scnn-int8-arm-ov"
+    assert ExportSpec("fast_scnn").variant("fast_scnn") == "fast_scnn-fp32"
+    assert ExportSpec("fast_scnn", name="mine").variant("fast_scnn") == "mine"
+    with pytest.raises(EdgesegError, match="ONNX fp16 is not offered"):
+        ExportSpec("fast_scnn", "onnx", "fp16").check()
+    with pytest.raises(DataError, match="needs calibration images"):
+        ExportSpec("fast_scnn", precision="int8").check()
+
+
 def test_calibration_folder_without_usable_images_fails(tmp_path):
     empty = tmp_path / "frames"
     empty.mkdir()
@@ -401,7 +418,7 @@ def test_unwritable_output_folder_fails_with_one_line(tmp_path):
 
 def test_exported_files_cannot_be_exported_again(tmp_path, fp32_export):
     with pytest.raises(EdgesegError, match="already a onnx file"):
-        export_model(fp32_export["path"], "onnx", "int8", out_dir=tmp_path / "o", calib_data=tmp_path)
+        export_model(ExportSpec(fp32_export["path"], "onnx", "int8", out_dir=tmp_path / "o", calib_data=tmp_path))
     assert not (tmp_path / "o").exists()
 
 
@@ -415,11 +432,11 @@ def test_eval_scores_an_exported_file_through_the_runtime(fp32_export, adhoc_dat
 @pytest.mark.slow
 def test_openvino_int8_export_through_nncf(tmp_path, adhoc_data):
     out = tmp_path / "ovq"
-    export_model("fast_scnn", "openvino", "int8", out_dir=out, calib_data=adhoc_data, calib_size=6,
-                 max_dice_drop=0.05, strategies=["default"])
+    export_model(ExportSpec("fast_scnn", "openvino", "int8", out_dir=out, calib_data=adhoc_data, calib_size=6,
+                            max_dice_drop=0.05, strategies=["default"]))
     xml = out / "fast_scnn-int8-ov.xml"
     card = read_card(xml)
-    assert card["precision"] == "int8" and card["executed_precision"].startswith("int8")
+    assert card.precision == "int8" and card.executed.startswith("int8")
     assert read_embedded_card(xml)["guard"]["strategy"] == "default"
     import openvino as ov
 
