@@ -38,9 +38,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edgeseg.card import card_path
+from edgeseg.card import ModelCard, card_path, read_card
 from edgeseg.errors import ModelError
 from edgeseg.fsutil import atomic_path, sha256_file
+
+from .options import run_defaults
 
 BUNDLE_FORMAT = "edgeseg-bundle"
 BUNDLE_SCHEMA = 1
@@ -50,16 +52,7 @@ TARGETS = ("any", "x86", "arm")
 MAX_MEMBERS = 256
 MAX_TOTAL_BYTES = 2 << 30  # 2 GiB of files: the largest zoo model is tens of MB
 MAX_MANIFEST_BYTES = 1 << 20
-# The default `edgeseg run` options a bundle carries; None means "the model card's / the runtime's default".
-RUN_DEFAULTS = {
-    "model": None,  # a model name from the manifest; None = the first model
-    "source": None,  # e.g. "picam", "cam:0", a file; None = the runtime's default
-    "backend": "auto",
-    "threads": None,
-    "threshold": None,  # None = the card's threshold
-    "tile": "auto",  # "auto" | "always" | "never" (as `edgeseg run --tile`)
-    "channel": "auto",
-}
+RUN_DEFAULTS = run_defaults()  # the default `edgeseg run` options a bundle carries (None: the runtime's own)
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
 _INCOMING, _OUTGOING = ".incoming-", ".outgoing-"
 
@@ -81,8 +74,8 @@ class BundleModel:
     entry: dict = field(repr=False)  # the manifest's entry
 
     @property
-    def card(self) -> dict:
-        return json.loads(self.card_path.read_text())
+    def card(self) -> ModelCard:
+        return ModelCard.from_dict(json.loads(self.card_path.read_text()), where=self.card_path.name)
 
 
 @dataclass(frozen=True)
@@ -197,54 +190,25 @@ def check_bundle(path: str | os.PathLike) -> Bundle | dict:
 
 
 def pick_for_target(spec: str, target: str):
-    """Resolve ``spec`` and, for ``target`` arm/x86, swap in the zoo's variant quantised for that CPU.
-
-    The export names variants ``<base>-int8`` (x86), ``<base>-int8-x86-no-vnni`` and ``<base>-int8-arm``
-    (OpenVINO files end ``-ov``) and records the target in the card (``export.target``). A variant for
-    ``target`` has the same architecture, format and precision and the same name once the target is left
-    out. Returns ``(ModelRef, note or None)``.
-    """
-    from edgeseg.zoo import resolve_model, zoo_entries
+    """Resolve ``spec`` and, for ``target`` arm/x86, swap in the zoo's variant quantised for that CPU (same network,
+    architecture, format and precision; the card's ``export.target`` says which CPU a file was made for).
+    Returns ``(ModelRef, note or None)``."""
+    from edgeseg.zoo import Zoo, resolve_model
 
     ref = resolve_model(spec, verify=True)
-    if target == "any" or _target_of(ref) == target:
+    if target == "any" or ref.target_family == target:
         return ref, None
-    for cand in zoo_entries():
-        c = cand.card
-        if (
-            _target_of(cand) == target
-            and _untargeted(cand.name) == _untargeted(ref.name)
-            and c.get("arch") == ref.card.get("arch")
-            and cand.format == ref.format
-            and c.get("precision") == ref.card.get("precision")
-        ):
-            return resolve_model(cand.name, verify=True), f"{spec}: using {cand.name}, quantised for {target}"
-    prec = ref.card.get("precision", "?")
-    if prec == "int8":
+    swap = Zoo().for_target(ref, target)
+    if swap is not None:
+        return resolve_model(swap.name, verify=True), f"{spec}: using {swap.name}, quantised for {target}"
+    if ref.precision == "int8":
         note = (
             f"{spec}: the zoo has no {target}-quantised variant; bundling {ref.name} as it is "
             f"(it runs on {target}, but measure it there: edgeseg bench)"
         )
     else:
-        note = f"{spec}: the zoo has no {target}-specific variant of this {prec} model; bundling it as is"
+        note = f"{spec}: the zoo has no {target}-specific variant of this {ref.precision} model; bundling it as is"
     return ref, note
-
-
-_TARGET_SUFFIX = r"-(arm|x86|x86-no-vnni)(?=(-ov)?$)"
-
-
-def _untargeted(name: str) -> str:
-    return re.sub(_TARGET_SUFFIX, "", name)
-
-
-def _target_of(ref) -> str | None:
-    """The CPU family a model file was quantised for (``arm``/``x86``), or None for a target-neutral file."""
-    card = ref.card
-    for t in (card.get("target"), (card.get("export") or {}).get("target")):
-        if t in ("arm", "x86", "x86-no-vnni"):
-            return t[:3]
-    m = re.search(_TARGET_SUFFIX, ref.name)
-    return m.group(1)[:3] if m else None
 
 
 def make_bundle(
@@ -301,22 +265,21 @@ def make_bundle(
             sources[arc] = f
             entry_files.append(arc)
         card = ref.card
-        size = card.get("input_size", [256, 256])
         entries.append(
             {
                 "name": ref.name,
-                "arch": card.get("arch"),
+                "arch": card.arch,
                 "format": ref.format,
-                "precision": card.get("precision"),
-                "executed_precision": card.get("executed_precision"),
-                "target": _target_of(ref) or "any",
+                "precision": card.precision,
+                "executed_precision": card.executed_precision,
+                "target": ref.target_family or "any",
                 "file": f"{MODELS_DIR}/{ref.path.name}",
                 "card": f"{MODELS_DIR}/{cp.name}",
                 "files": entry_files,
-                "input_size": list(size) if isinstance(size, (list, tuple)) else [size, size],
-                "out_channels": card.get("out_channels", 1),
-                "threshold": card.get("threshold"),
-                "postprocess": card.get("postprocess"),
+                "input_size": list(card.input_size),
+                "out_channels": card.out_channels,
+                "threshold": card.threshold,
+                "postprocess": card.postprocess,
             }
         )
     names = [e["name"] for e in entries]
@@ -333,8 +296,8 @@ def make_bundle(
     for arc, f in sources.items():
         file_info[arc] = {"sha256": sha256_file(f), "size": f.stat().st_size}
     for e in entries:  # the card's own sha256 must agree with the file we ship
-        card = json.loads(sources[e["card"]].read_text())
-        if card.get("sha256") and card["sha256"] != file_info[e["file"]]["sha256"]:
+        card = read_card(sources[e["file"]], verify=False)
+        if card.sha256 and card.sha256 != file_info[e["file"]]["sha256"]:
             raise BundleError(f"{e['name']}: the model file does not match its card's sha256", "re-export the model")
     manifest = {
         "format": BUNDLE_FORMAT,
@@ -630,3 +593,17 @@ def _swap_in(tmp: Path, dest: Path) -> None:
     os.replace(tmp / MODELS_DIR, dest / MODELS_DIR)
     os.replace(tmp / MANIFEST, dest / MANIFEST)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def check_summary(path: str | os.PathLike) -> dict:
+    """``edgeseg install-bundle --check``: verify an archive or an installed folder and say what it holds."""
+    res = check_bundle(path)
+    if isinstance(res, Bundle):
+        return res.summary()
+    return {"edgeseg_version": res["edgeseg_version"], "models": [m["name"] for m in res["models"]]}
+
+
+def default_install_dir(bundle: str | os.PathLike) -> Path:
+    """Where ``edgeseg install-bundle B`` installs by default: the archive's name without ``.tar.gz``."""
+    name = Path(bundle).name
+    return Path(name[: -len(".tar.gz")] if name.endswith(".tar.gz") else Path(name).stem)

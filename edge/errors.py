@@ -26,3 +26,9 @@ class DataError(EdgesegError):
 
 class ModelError(EdgesegError):
     """A model name, file, card or checkpoint that cannot be used."""
+
+
+class MissingDependency(EdgesegError):
+    """An optional package this feature needs is not installed (exit code 3)."""
+
+    exit_code = 3

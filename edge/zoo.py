@@ -2,22 +2,42 @@
 
 A MODEL argument is a zoo name (``fast_scnn``; exported variants such as ``fast_scnn-int8``), a run
 folder (holding ``best.pt``), or a model file (``.pt``, ``.onnx``, ``.xml``) with its card beside it.
+
+Variant names are made here and only here (:func:`variant_name`): ``<network>-<precision>``, ``-<target>`` for an
+INT8 file quantised for other kernels than x86 VNNI (``-x86-no-vnni``, ``-arm``), ``-ov`` for an OpenVINO IR.
+Readers never parse them back: a file's network, precision and target are in its card, and
+:meth:`Zoo.variants` answers "which files of this network, for this precision and CPU".
 """
 
 from __future__ import annotations
 
 import json
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-from .card import CARD_SUFFIX, card_path, read_card
-from .errors import ModelError
+from .card import CARD_SUFFIX, ModelCard, card_path, read_card, verify_files
+from .errors import EdgesegError, ModelError
 
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"  # data shipped in the package
 SAMPLE_DIR = SAMPLES_DIR / "dsb2018_sample"  # 8 DSB2018 test-split images with masks (Kaggle layout)
 SAMPLE_CLIP = SAMPLES_DIR / "clip" / "cancer_cell_migration_crop.tif"  # the demo time-lapse
 FORMATS = {".pt": "torch", ".onnx": "onnx", ".xml": "openvino"}
+DEFAULT_RUN_MODEL = "fast_scnn-int8"  # the model `edgeseg run` uses when none is given
+
+
+def variant_name(base: str, fmt: str, precision: str, target: str = "x86") -> str:
+    """``fast_scnn`` + onnx/int8 -> ``fast_scnn-int8``; OpenVINO files end in ``-ov``; non-x86 INT8 names its target."""
+    name = f"{base}-{precision}"
+    if precision == "int8" and target != "x86":
+        name += f"-{target}"
+    return name + ("-ov" if fmt == "openvino" else "")
+
+
+def cpu_family() -> str:
+    """``arm`` on an ARM CPU (a Raspberry Pi), else ``x86``."""
+    return "arm" if platform.machine().lower().startswith(("arm", "aarch64")) else "x86"
 
 
 @dataclass(frozen=True)
@@ -25,28 +45,108 @@ class ModelRef:
     name: str
     path: Path
     format: str  # torch | onnx | openvino
-    card: dict
+    card: ModelCard
+
+    @property
+    def network(self) -> str:
+        return self.card.network
+
+    @property
+    def precision(self) -> str:
+        return self.card.precision
+
+    def row(self) -> dict:
+        """What ``edgeseg models`` shows of a shipped file."""
+        c = self.card
+        return {"name": self.name, "kind": "zoo", "arch": c.arch, "format": self.format, "precision": c.precision,
+                "executed_precision": c.executed, "path": str(self.path), "params": c.params, "gflops": c.gflops,
+                "dice": c.test_dice}
+
+    @property
+    def target_family(self) -> str | None:
+        """``x86`` / ``arm`` for an INT8 file quantised for that CPU family, None for a target-neutral file."""
+        return self.card.target[:3] if self.card.target else None
+
+
+def _target_rank(ref: ModelRef, family: str) -> int:
+    """Files for this CPU's kernels first: on x86 the VNNI file, then a neutral one, then the no-VNNI flavour."""
+    order = ["arm", None] if family == "arm" else ["x86", None, "x86-no-vnni"]
+    return order.index(ref.card.target) if ref.card.target in order else len(order)
+
+
+class Zoo:
+    """The model files in a folder (the shipped zoo by default), each with its card beside it."""
+
+    def __init__(self, folder: str | Path | None = None):
+        self.folder = ZOO_DIR if folder is None else Path(folder)
+        self._entries: list[ModelRef] | None = None
+
+    @property
+    def entries(self) -> list[ModelRef]:
+        """Every model file with a readable card, sorted by card name (read once; files not re-hashed)."""
+        if self._entries is None:
+            out = []
+            for cp in sorted(self.folder.glob(f"*{CARD_SUFFIX}")):
+                try:
+                    card = ModelCard.from_dict(json.loads(cp.read_text()), where=cp.name)
+                except (OSError, ValueError, EdgesegError):
+                    continue
+                path = self.folder / (card.file or "")
+                if card.file and path.is_file():
+                    out.append(ModelRef(card.name, path.resolve(), FORMATS.get(path.suffix, "?"), card))
+            self._entries = out
+        return self._entries
+
+    def get(self, name: str) -> ModelRef | None:
+        return next((r for r in self.entries if r.name == name), None)
+
+    def names(self) -> list[str]:
+        return [r.name for r in self.entries]
+
+    def networks(self) -> list[str]:
+        """The networks that have files here."""
+        return sorted({r.network for r in self.entries})
+
+    def checkpoint(self, network: str) -> ModelRef | None:
+        """The PyTorch checkpoint of ``network``, if shipped."""
+        return next((r for r in self.entries if r.network == network and r.format == "torch"), None)
+
+    def variants(self, network: str, *, precision: str | None = None, target: str | None = None,
+                 formats: tuple[str, ...] | None = None) -> list[ModelRef]:
+        """The files of ``network`` (exported ones, or those in ``formats``; of ``precision`` if given), best first for
+        ``target`` (``x86`` / ``arm``; None: this CPU): by format in the order given, then files quantised for that
+        CPU's kernels, then target-neutral ones, then the other flavours."""
+        family = target if target in ("x86", "arm") else cpu_family()
+        found = [r for r in self.entries if r.network == network and (precision is None or r.precision == precision)
+                 and (r.format in formats if formats else r.format != "torch")]
+        order = list(formats) if formats else ["onnx", "openvino"]
+        return sorted(found, key=lambda r: (order.index(r.format) if r.format in order else len(order),
+                                            _target_rank(r, family), r.name))
+
+    def for_target(self, ref: ModelRef, target: str) -> ModelRef | None:
+        """The file of ``ref``'s network, format and precision quantised for ``target`` (x86/arm), if any."""
+        if ref.target_family == target:
+            return ref
+        cands = [r for r in self.variants(ref.network, precision=ref.precision, target=target, formats=(ref.format,))
+                 if r.card.arch == ref.card.arch and r.target_family == target]
+        return cands[0] if cands else None
 
 
 def zoo_entries(folder: str | Path | None = None) -> list[ModelRef]:
     """Every model file shipped in the zoo (or lying in ``folder``) with its card beside it, sorted by card name."""
-    root = ZOO_DIR if folder is None else Path(folder)
-    out = []
-    for cp in sorted(root.glob(f"*{CARD_SUFFIX}")):
-        try:
-            card = json.loads(cp.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        path = root / card.get("file", "")
-        if card.get("file") and path.is_file():
-            out.append(
-                ModelRef(card.get("name", path.stem), path.resolve(), FORMATS.get(path.suffix, "?"), card)
-            )
-    return out
+    return Zoo(folder).entries
 
 
 def resolve_model(spec: str | Path, verify: bool = True) -> ModelRef:
-    """Resolve a MODEL argument to a file and its card; a one-line ModelError if it cannot be."""
+    """Resolve a MODEL argument to a file and its card; a one-line ModelError if it cannot be.
+
+    A zoo name wins over a same-named folder or file in the working directory (e.g. one left by ``--out``)."""
+    zoo = Zoo()
+    ref = zoo.get(str(spec))
+    if ref is not None:
+        if verify:
+            verify_files(ref.path, ref.card)
+        return ref
     p = Path(spec)
     if p.is_dir():
         best = p / "best.pt"
@@ -62,12 +162,7 @@ def resolve_model(spec: str | Path, verify: bool = True) -> ModelRef:
                 f"{p} is not a model file", "give a .pt, .onnx or .xml file, a run folder or a zoo name"
             )
         return ModelRef(p.stem, p, fmt, read_card(p, verify))
-    for ref in zoo_entries():
-        if ref.name == str(spec):
-            if verify:
-                read_card(ref.path, verify=True)
-            return ref
-    names = ", ".join(r.name for r in zoo_entries()) or "none shipped yet"
+    names = ", ".join(zoo.names()) or "none shipped yet"
     raise ModelError(
         f"unknown model {str(spec)!r}", f"give a zoo name ({names}), a run folder or a model file"
     )

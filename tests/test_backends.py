@@ -74,14 +74,16 @@ def test_wrong_input_shape_is_a_model_error(tmp_path):
     [
         ("missing.onnx", "auto", "not found"),
         ("m.onnx", "tensorrt", "unknown backend"),
-        ("m.xml", "onnxruntime", "cannot run the OpenVINO file"),
-        ("m.pt", "auto", "not an exported model"),
+        ("m.xml", "onnxruntime", "cannot run the openvino file m.xml: use --backend openvino"),
+        ("m.pt", "onnxruntime", "cannot run the torch file"),
+        ("m.txt", "auto", "not a model file"),
     ],
 )
 def test_bad_backend_requests_are_one_line_model_errors(tmp_path, name, backend, message):
     write_threshold_onnx(tmp_path / "m.onnx")
     (tmp_path / "m.xml").write_text("<net/>")
     (tmp_path / "m.pt").write_bytes(b"x")
+    (tmp_path / "m.txt").write_text("x")
     with pytest.raises(ModelError, match=message) as info:
         open_backend(tmp_path / name, backend)
     assert "\n" not in str(info.value)
@@ -95,4 +97,33 @@ def test_corrupt_onnx_file_is_a_model_error(tmp_path):
 
 
 def test_available_backends_lists_the_installed_runtimes():
-    assert set(available_backends()) == {"onnxruntime", "openvino"}
+    import importlib.util
+
+    torch = {"torch"} if importlib.util.find_spec("torch") else set()
+    assert set(available_backends()) == {"onnxruntime", "openvino"} | torch
+
+
+def test_the_torch_backend_comes_from_the_train_package_through_an_entry_point():
+    from edgeseg.backends import BUILTIN, registry
+
+    assert "torch" not in BUILTIN  # the core names nothing from train
+    assert registry()["torch"] == "edgeseg.train.torch_backend:TorchBackend"
+
+
+def test_a_missing_backend_package_is_one_line_with_the_install_command():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\nfrom edgeseg.backends import available_backends, backend_class\n"
+            "print(available_backends())\ntry:\n    backend_class('torch')\nexcept Exception as e:\n"
+            "    print(type(e).__name__, e.exit_code, e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert out.splitlines() == ["['onnxruntime', 'openvino']",
+                                "MissingDependency 3 backend torch is not installed: pip install 'edgeseg[train]'"]
+
+
+def test_options_a_backend_does_not_take_are_refused(tmp_path):
+    path = write_threshold_onnx(tmp_path / "m.onnx")
+    with pytest.raises(ModelError, match="the onnxruntime backend has no option tta"):
+        open_backend(path, "onnxruntime", tta=True)
+    assert open_backend(path, "onnxruntime", tta=False).name == "onnxruntime"  # an option left off is fine

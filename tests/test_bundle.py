@@ -157,7 +157,8 @@ def test_arm_target_picks_the_arm_quantised_zoo_variant(tmp_path, monkeypatch):
     for name, target in (("half_unet-int8", "x86"), ("half_unet-int8-arm", "arm"), ("half_unet-fp32", None)):
         shutil.copy(ZOO_DIR / "half_unet.pt", zoo / f"{name}.pt")  # (the exporter's naming and card fields)
         precision = name.split("-")[1]
-        write_card(zoo / f"{name}.pt", {**card, "name": name, "precision": precision, "export": {"target": target}})
+        write_card(zoo / f"{name}.pt", {**card, "name": name, "precision": precision, "export": {"target": target},
+                                        "source": {"name": "half_unet"}})
     monkeypatch.setattr("edgeseg.zoo.ZOO_DIR", zoo)
     man, notes = make_bundle(["half_unet-int8"], tmp_path / "arm.tar.gz", target="arm")
     assert [m["name"] for m in man["models"]] == ["half_unet-int8-arm"]
@@ -181,7 +182,7 @@ def test_install_then_open_gives_the_default_model_and_run_config(bundle_file, t
     assert b.model_path == b.dir / "models" / "fast_scnn.pt"
     assert b.model_path.read_bytes() == (ZOO_DIR / "fast_scnn.pt").read_bytes()
     assert [m.name for m in b.models] == ZOO_MODELS
-    assert b.model("half_unet").card["name"] == "half_unet"
+    assert b.model("half_unet").card.name == "half_unet"
     cfg = b.run_config
     assert cfg == {
         "model": "fast_scnn",
@@ -191,6 +192,7 @@ def test_install_then_open_gives_the_default_model_and_run_config(bundle_file, t
         "threshold": None,
         "tile": "auto",
         "channel": "auto",
+        "diameter": None,
     }
     again = open_bundle(tmp_path / "b")
     assert again.manifest == b.manifest

@@ -11,13 +11,14 @@ import torch
 from click.testing import CliRunner
 
 from edgeseg.card import read_card, write_card
-from edgeseg.cli import SAMPLE_DIR, main
+from edgeseg.cli import main
 from edgeseg.errors import EdgesegError
 from edgeseg.fsutil import sha256_file
 from edgeseg.train.distill import DistillationLoss, distill, distillation_term
 from edgeseg.train.losses import segmentation_loss
 from edgeseg.train.predict import load_checkpoint
 from edgeseg.train.trainer import TrainConfig, Trainer
+from edgeseg.zoo import SAMPLE_DIR
 
 # KL(Bernoulli(0.75) || Bernoulli(0.5)), by hand
 KL_075_050 = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
@@ -118,7 +119,7 @@ def test_two_epoch_distillation_of_a_tiny_student_from_a_tiny_teacher(tiny_teach
     for row in rows:  # the trainer's loss is the hard loss plus alpha times the distillation term
         assert row["train_kd_loss"] > 0
         assert row["train_loss"] == pytest.approx(row["train_hard_loss"] + 0.5 * row["train_kd_loss"], abs=2e-4)
-    card = read_card(out / "best.pt")
+    card = read_card(out / "best.pt").to_dict()
     assert card["arch"] == "fast_scnn" and card["out_channels"] == 2 and card["outputs"] == ["foreground", "boundary"]
     kd = card["recipe"]["distillation"]
     assert card["recipe"]["loss"] == "bce+dice+kd"
@@ -135,8 +136,7 @@ def test_teacher_with_another_normalisation_is_refused(tiny_teacher_run, sample_
     bad = tmp_path / "bad_teacher"
     shutil.copytree(tiny_teacher_run, bad)
     card = read_card(bad / "best.pt")
-    card["normalisation"] = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "scale": 1 / 255}
-    write_card(bad / "best.pt", card)
+    write_card(bad / "best.pt", card.replace(normalisation={"mean": [0.5] * 3, "std": [0.5] * 3, "scale": 1 / 255}))
     cfg = TrainConfig(model="fast_scnn", data=str(sample_dir), out=str(tmp_path / "s"), epochs=1, threads=2)
     with pytest.raises(EdgesegError, match="normalisation"):
         distill(cfg, str(bad), progress=False)
@@ -158,6 +158,6 @@ def test_sigterm_stops_after_the_epoch_and_still_writes_the_card(tiny_teacher_ru
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "--resume" in err
-    card = read_card(out / "best.pt")
+    card = read_card(out / "best.pt").to_dict()
     assert 1 <= card["training"]["epochs_run"] < 200
     assert card["recipe"]["distillation"]["teacher"] == "teacher_run"

@@ -119,29 +119,26 @@ def load_teacher(spec: str, cfg: TrainConfig) -> tuple[torch.nn.Module, dict]:
     if ref.format != "torch":
         raise ModelError(f"teacher {spec} is a {ref.format} file", "give a .pt checkpoint, a run folder or a zoo name")
     card = ref.card
-    size = int(card.get("input_size", [256])[0])
-    norm = card.get("normalisation") or DEFAULT_NORMALISATION
-    if size != cfg.size:
+    if card.size != cfg.size:
         raise EdgesegError(
-            f"teacher {ref.name} takes {size}x{size} inputs, the student {cfg.size}x{cfg.size}",
+            f"teacher {ref.name} takes {card.size}x{card.size} inputs, the student {cfg.size}x{cfg.size}",
             "distil at the teacher's input size",
         )
     ref_norm = DEFAULT_NORMALISATION
-    if [list(norm["mean"]), list(norm["std"])] != [list(ref_norm["mean"]), list(ref_norm["std"])]:
+    if [card.mean, card.std] != [list(ref_norm["mean"]), list(ref_norm["std"])]:
         raise EdgesegError(
             f"teacher {ref.name} was trained with another input normalisation than the student",
             "use a teacher trained by edgeseg (ImageNet normalisation)",
         )
     teacher = load_checkpoint(ref.path, card).float().eval()  # zoo weights may be stored as float16
-    test = (card.get("metrics") or {}).get("test") or {}
     info = {
         "teacher": ref.name,
-        "teacher_arch": card.get("arch"),
+        "teacher_arch": card.arch,
         "teacher_file": str(ref.path.name),
-        "teacher_sha256": card.get("sha256"),
-        "teacher_out_channels": int(card.get("out_channels", 1)),
-        "teacher_recipe": (card.get("recipe") or {}).get("name"),
-        "teacher_test_dice_256": test.get("dice_256"),
+        "teacher_sha256": card.sha256,
+        "teacher_out_channels": card.out_channels,
+        "teacher_recipe": (card.extra.get("recipe") or {}).get("name"),
+        "teacher_test_dice_256": card.test_dice,
     }
     return teacher, info
 

@@ -1,4 +1,8 @@
-"""PyTorch predictors for evaluation: a checkpoint + its card -> a predictor callable (see edgeseg.evaluate)."""
+"""PyTorch predictors: a checkpoint + its card -> a predictor callable (see edgeseg.evaluate).
+
+A Segmenter over a checkpoint is ``edgeseg.Segmenter.load(path_or_name)``: the ``torch`` backend
+(:mod:`edgeseg.train.torch_backend`) uses these two functions.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeseg.card import ModelCard, as_card
 from edgeseg.errors import ModelError
 
 from .models import build_model
 
 
-def load_checkpoint(path: str | Path, card: dict) -> torch.nn.Module:
+def load_checkpoint(path: str | Path, card: ModelCard | dict) -> torch.nn.Module:
     """Build the card's architecture and load a plain state dict into it (weights_only)."""
-    model = build_model(card["arch"], out_channels=int(card.get("out_channels", 1)))
+    card = as_card(card)
+    model = build_model(card.arch, out_channels=card.out_channels)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -27,7 +33,7 @@ def load_checkpoint(path: str | Path, card: dict) -> torch.nn.Module:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise ModelError(
-            f"checkpoint {path} does not fit architecture {card['arch']}",
+            f"checkpoint {path} does not fit architecture {card.arch}",
             "check the card's arch and out_channels",
         ) from exc
     return model.eval()
@@ -46,13 +52,3 @@ def torch_predictor(model: torch.nn.Module, tta: bool = False):
         return p.numpy()
 
     return predict
-
-
-def torch_segmenter(ref, *, tta: bool = False, tile="auto", threshold: float | None = None):
-    """A :class:`edgeseg.segmenter.Segmenter` over a PyTorch checkpoint (``ref`` from ``edgeseg.zoo.resolve_model``),
-    so that eval, bench and the INT8 guard score checkpoints and exported files through the same path."""
-    from edgeseg.segmenter import Segmenter
-
-    predict = torch_predictor(load_checkpoint(ref.path, ref.card), tta=tta)
-    info = {"model": ref.name, "backend": "torch", "executed_precision": "fp32", "path": str(ref.path)}
-    return Segmenter(predict, ref.card, threshold=threshold, tile=tile, backend_info=info, name=ref.name)

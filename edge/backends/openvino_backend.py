@@ -1,0 +1,85 @@
+"""OpenVINO on the CPU: the backend for OpenVINO IR (``.xml`` + ``.bin``); it reads ``.onnx`` too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..card import CARD_METADATA_KEY
+from ..errors import ModelError
+from . import OUTPUT_ORDER, Backend, default_threads, json_or_none, sorted_outputs
+
+_OV_TYPES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "i8": "int8", "u8": "int8"}
+
+
+class OpenVinoBackend(Backend):
+    """OpenVINO on the CPU. ``inference_precision`` None leaves the device's default (bf16 on AMX CPUs)."""
+
+    name = "openvino"
+    formats = ("openvino", "onnx")
+    options = ("inference_precision",)
+
+    def __init__(self, path: Path, threads: int | None = None, card=None, inference_precision: str | None = None):
+        import openvino as ov
+
+        super().__init__(path, threads or default_threads(), card)
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+        except Exception as exc:
+            raise ModelError(f"OpenVINO cannot read {path} ({str(exc).splitlines()[0][:160]})",
+                             "re-export the model with `edgeseg export`") from exc
+        self.rt_card = None
+        if model.has_rt_info(CARD_METADATA_KEY):
+            self.rt_card = json_or_none(model.get_rt_info(CARD_METADATA_KEY).astype(str))
+        config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY"}
+        if inference_precision:
+            config["INFERENCE_PRECISION_HINT"] = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}[inference_precision]
+        try:
+            self.compiled = core.compile_model(model, "CPU", config)
+        except Exception as exc:
+            raise ModelError(f"OpenVINO cannot compile {path} ({str(exc).splitlines()[0][:160]})",
+                             "re-export the model with `edgeseg export`") from exc
+        inp = self.compiled.inputs[0]
+        self.input_name = inp.get_any_name()
+        self.input_shape = tuple(d.get_length() if d.is_static else -1 for d in inp.get_partial_shape())
+        self._outputs = {_output_name(o): o for o in self.compiled.outputs}
+        self.output_names = sorted_outputs(list(self._outputs))
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        hint = hint.to_string() if hasattr(hint, "to_string") else str(hint)
+        float_precision = _OV_TYPES.get(hint, hint)
+        quantised = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+        # int8 files run their quantised convolutions in int8 and the rest at the device's float precision
+        self.executed_precision = f"int8+{float_precision}" if quantised else float_precision
+        self.details = {"device": "CPU", "inference_precision_hint": float_precision, "openvino": ov.__version__}
+        self.request = self.compiled.create_infer_request()
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        res = self.request.infer({self.input_name: x})
+        return np.concatenate([np.asarray(res[self._outputs[n]], np.float32) for n in self.output_names], axis=1)
+
+    def close(self) -> None:
+        self.request = self.compiled = None
+
+    @staticmethod
+    def embedded_card(path: Path) -> dict | None:
+        """The card stored in an OpenVINO IR's ``rt_info``, if any."""
+        import openvino as ov
+
+        try:
+            model = ov.Core().read_model(str(path))
+        except Exception as exc:
+            raise ModelError(f"OpenVINO cannot read {path}", "re-export the model") from exc
+        if model.has_rt_info(CARD_METADATA_KEY):
+            return json_or_none(model.get_rt_info(CARD_METADATA_KEY).astype(str))
+        return None
+
+
+def _output_name(port) -> str:
+    """A tensor may carry several names (``/Sigmoid_output_0`` and ``foreground``): prefer the contract's."""
+    names = port.get_names()
+    for n in OUTPUT_ORDER:
+        if n in names:
+            return n
+    return port.get_any_name()

@@ -1,0 +1,60 @@
+import json
+import shutil
+
+import pytest
+
+from edgeseg.card import write_card
+from edgeseg.errors import ModelError
+from edgeseg.zoo import ZOO_DIR, Zoo, resolve_model, variant_name
+
+
+def test_variant_names_are_made_in_one_place():
+    assert variant_name("fast_scnn", "onnx", "int8") == "fast_scnn-int8"
+    assert variant_name("fast_scnn", "onnx", "int8", "arm") == "fast_scnn-int8-arm"
+    assert variant_name("half_unet", "openvino", "int8", "x86-no-vnni") == "half_unet-int8-x86-no-vnni-ov"
+    assert variant_name("half_unet", "openvino", "fp32", "arm") == "half_unet-fp32-ov"  # float files name no target
+
+
+def test_variants_of_a_shipped_network_by_precision_and_format():
+    zoo = Zoo()
+    assert {"fast_scnn", "half_unet", "mobilenetv2_unet"} <= set(zoo.networks())
+    int8 = [r.name for r in zoo.variants("half_unet", precision="int8")]
+    assert int8 == ["half_unet-int8", "half_unet-int8-ov"]  # ONNX first, then the OpenVINO IR
+    assert [r.name for r in zoo.variants("half_unet", precision="int8", formats=("openvino",))] == ["half_unet-int8-ov"]
+    assert all(r.format != "torch" for r in zoo.variants("half_unet"))
+    assert zoo.checkpoint("half_unet").name == "half_unet"
+
+
+@pytest.fixture
+def flavoured_zoo(tmp_path):
+    """A zoo with one network quantised for three CPUs (files are copies; the cards say what they are)."""
+    card = json.loads((ZOO_DIR / "fast_scnn-int8.card.json").read_text())
+    for name, target in (("fast_scnn-int8", "x86"), ("fast_scnn-int8-arm", "arm"),
+                         ("fast_scnn-int8-x86-no-vnni", "x86-no-vnni")):
+        shutil.copy(ZOO_DIR / "fast_scnn-int8.onnx", tmp_path / f"{name}.onnx")
+        write_card(tmp_path / f"{name}.onnx", {**card, "name": name, "export": {**card["export"], "target": target}})
+    return Zoo(tmp_path)
+
+
+def test_variants_put_the_files_for_the_asked_cpu_first(flavoured_zoo):
+    x86 = [r.name for r in flavoured_zoo.variants("fast_scnn", precision="int8", target="x86")]
+    assert x86 == ["fast_scnn-int8", "fast_scnn-int8-x86-no-vnni", "fast_scnn-int8-arm"]
+    arm = [r.name for r in flavoured_zoo.variants("fast_scnn", precision="int8", target="arm")]
+    assert arm[0] == "fast_scnn-int8-arm"
+
+
+def test_for_target_swaps_in_the_file_made_for_that_cpu(flavoured_zoo):
+    x86 = flavoured_zoo.get("fast_scnn-int8")
+    assert flavoured_zoo.for_target(x86, "arm").name == "fast_scnn-int8-arm"
+    assert flavoured_zoo.for_target(x86, "x86") is x86
+
+
+def test_a_zoo_name_wins_over_a_same_named_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fast_scnn-int8").mkdir()  # e.g. left behind by --out fast_scnn-int8
+    ref = resolve_model("fast_scnn-int8")
+    assert ref.path == (ZOO_DIR / "fast_scnn-int8.onnx").resolve() and ref.format == "onnx"
+    with pytest.raises(ModelError, match="run folder .* has no best.pt"):
+        resolve_model(str(tmp_path / "fast_scnn-int8"))
+    with pytest.raises(ModelError, match="unknown model 'nope'"):
+        resolve_model("nope")
