@@ -27,26 +27,25 @@ import csv
 import importlib.util
 import io
 import os
-import platform
 import sys
 import textwrap
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from edgeseg.card import ModelCard
 from edgeseg.errors import EdgesegError
 from edgeseg.fsutil import atomic_path, atomic_write_json, atomic_write_text
-from edgeseg.zoo import FORMATS, SAMPLE_DIR, ModelRef, zoo_entries
+from edgeseg.zoo import FORMATS, SAMPLE_DIR, ModelRef, Zoo
 
 from .hardware import cpu_snapshot, hardware_report, other_cpu_share, thermal_sample
 
 SCHEMA = 1
 DEFAULT_MODELS = ("half_unet", "mobilenetv2_unet", "fast_scnn")
-BACKENDS = ("onnxruntime", "openvino", "torch")
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_PRECISIONS = ("fp32", "int8")
 DICE_TOLERANCE = 0.01  # the recommendation: the fastest file whose Dice is within this of the best
@@ -57,7 +56,6 @@ PAPER_TABLE1 = {  # Table 1 of the paper: Intel Core i9 desktop, CPU only, PyTor
                          "time5_s": 416.75},
     "fast_scnn": {"label": "Fast-SCNN", "params_m": 0.154, "fps": 215.8, "dice": 0.7504, "time5_s": 146.40},
 }
-FILE_FORMAT = {"onnxruntime": ("onnx",), "openvino": ("openvino", "onnx"), "torch": ("torch",)}
 FORMAT_LABEL = {"onnx": "ONNX", "openvino": "OpenVINO IR", "torch": "PyTorch checkpoint"}
 
 
@@ -84,120 +82,110 @@ class Target:
     backend: str
     precision: str
     path: Path | None = None
-    card: dict = field(default_factory=dict)
+    card: ModelCard | None = None
     error: str | None = None
 
 
 # --------------------------------------------------------------------------- what to measure
 
 
-def torch_available() -> bool:
-    return importlib.util.find_spec("torch") is not None
-
-
 def default_backends() -> list[str]:
-    """The installed backends, plus ``torch`` where torch is installed."""
+    """Every installed backend of the registry (torch where ``edgeseg[train]`` is installed)."""
     from edgeseg.backends import available_backends
 
-    return available_backends() + (["torch"] if torch_available() else [])
+    return available_backends()
 
 
 def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def model_files(folder: str | Path | None = None) -> list[ModelRef]:
-    """The shipped zoo, or every model file in ``folder`` that has its card beside it."""
-    return zoo_entries(folder)
+def _backend_formats(backend: str) -> tuple[str, ...] | str:
+    """The file formats ``backend`` runs, or why it cannot run here (one line)."""
+    from edgeseg.backends import backend_class
 
-
-def network_of(card: dict, name: str) -> str:
-    """The network a file belongs to: the checkpoint it was exported from, or itself."""
-    return (card.get("source") or {}).get("name") or name
-
-
-def _target_rank(card: dict) -> int:
-    """Prefer the INT8 file quantised for this CPU (``export.target``)."""
-    target = (card.get("export") or {}).get("target")
-    arm = platform.machine().lower().startswith(("arm", "aarch64"))
-    order = ["arm", None] if arm else ["x86", None, "x86-no-vnni"]
-    return order.index(target) if target in order else len(order)
+    try:
+        return backend_class(backend).formats
+    except EdgesegError as exc:
+        return str(exc)
 
 
 def _file_target(ref: ModelRef, network: str, backend: str) -> Target:
-    return Target(network, ref.name, backend, ref.card.get("precision", "fp32"), ref.path, ref.card)
+    return Target(network, ref.name, backend, ref.card.precision, ref.path, ref.card)
+
+
+def _single_file(spec: str, zoo: Zoo) -> ModelRef | Target | None:
+    """``spec`` as one model file (a path, or a zoo variant's name), a Target holding why it cannot be read, or
+    None when it names a network."""
+    p = Path(spec)
+    if p.is_file():
+        from edgeseg.zoo import resolve_model
+
+        try:
+            return resolve_model(p, verify=False)
+        except EdgesegError as exc:
+            return Target(p.stem, p.stem, "-", "-", p, error=str(exc))
+    ref = zoo.get(spec)
+    return ref if ref is not None and ref.network != spec else None
+
+
+def _file_targets(ref: ModelRef, backends: list[str]) -> list[Target]:
+    """One file on every requested backend that can open it (or one row saying none can)."""
+    runs = [b for b in backends if ref.format in _backend_formats(b)]
+    if runs:
+        return [_file_target(ref, ref.network, b) for b in runs]
+    kind = FORMAT_LABEL.get(ref.format, ref.format)
+    return [Target(ref.network, ref.name, ",".join(backends), ref.precision, ref.path, ref.card,
+                   error=f"none of the backends {', '.join(backends)} runs a {kind}")]
+
+
+def _network_target(spec: str, backend: str, precision: str, zoo: Zoo, shipped: Zoo, where: str) -> Target | None:
+    """The file of network ``spec`` that the installed ``backend`` runs at ``precision`` (best for this CPU), or a
+    Target saying why there is none; None where the combination is not measured (a checkpoint is fp32 only)."""
+    formats = _backend_formats(backend)
+    if formats[0] == "torch":  # the paper's baseline: the fp32 checkpoint, eager
+        if precision != "fp32":
+            return None
+        ckpt = zoo.checkpoint(spec) or shipped.checkpoint(spec)
+        return _file_target(ckpt, spec, backend) if ckpt else Target(
+            spec, spec, backend, "fp32", error=f"no PyTorch checkpoint of {spec} in {where}")
+    for fmt in formats:
+        found = zoo.variants(spec, precision=precision, formats=(fmt,))
+        if found:
+            return _file_target(found[0], spec, backend)
+    if backend == "onnxruntime" and precision == "fp16":
+        return Target(spec, f"{spec}-fp16", backend, precision, error=(
+            f"no fp16 ONNX file of {spec} in {where} (ONNX Runtime's CPU provider runs fp16 graphs slower than fp32): "
+            "fp16 is an OpenVINO IR, bench it with --backends openvino"))
+    fmt = "openvino" if backend == "openvino" else "onnx"
+    return Target(spec, f"{spec}-{precision}", backend, precision, error=(
+        f"no {precision} file of {spec} for {backend} in {where}: "
+        f"export it with `edgeseg export {spec} --format {fmt} --precision {precision}`"))
 
 
 def plan(cfg: BenchConfig) -> list[Target]:
     """Every model x backend x precision of ``cfg`` -> targets (with ``error`` where there is nothing to run)."""
     backends = list(cfg.backends) if cfg.backends is not None else default_backends()
-    files = model_files(cfg.zoo)
-    shipped = files if cfg.zoo is None else zoo_entries()
+    zoo = Zoo(cfg.zoo)
+    shipped = zoo if cfg.zoo is None else Zoo()
     where = "the shipped zoo" if cfg.zoo is None else str(cfg.zoo)
     targets: list[Target] = []
     for spec in cfg.models:
-        p = Path(spec)
-        single = None
-        if p.is_file():
-            from edgeseg.zoo import resolve_model
-
-            try:
-                single = resolve_model(p, verify=False)
-            except EdgesegError as exc:
-                targets.append(Target(p.stem, p.stem, "-", "-", p, error=str(exc)))
-                continue
+        single = _single_file(spec, zoo)
+        if isinstance(single, Target):
+            targets.append(single)
+        elif single is not None:
+            targets += _file_targets(single, backends)
+        elif spec not in zoo.networks() and shipped.checkpoint(spec) is None:
+            targets.append(Target(spec, spec, "-", "-", error=f"unknown model {spec!r} in {where}; give one of "
+                                  f"{', '.join(zoo.networks()) or 'none'}, a zoo variant or a model file"))
         else:
-            single = next((r for r in files if r.name == spec and network_of(r.card, r.name) != spec), None)
-        if single is not None:  # one file: every requested backend that can open it
-            net = network_of(single.card, single.name)
-            runs = [b for b in backends if single.format in FILE_FORMAT.get(b, ())]
-            targets += [_file_target(single, net, b) for b in runs]
-            if not runs:
-                targets.append(Target(net, single.name, ",".join(backends), single.card.get("precision", "?"),
-                                      single.path, single.card,
-                                      error=f"none of the backends {', '.join(backends)} runs a "
-                                            f"{FORMAT_LABEL.get(single.format, single.format)}"))
-            continue
-        group = [r for r in files if network_of(r.card, r.name) == spec]
-        checkpoint = next((r for r in group if r.format == "torch"), None) or next(
-            (r for r in shipped if r.name == spec and r.format == "torch"), None)
-        if not group and checkpoint is None:
-            names = sorted({network_of(r.card, r.name) for r in files})
-            targets.append(Target(spec, spec, "-", "-", error=f"unknown model {spec!r} in {where}; "
-                                  f"give one of {', '.join(names) or 'none'}, a zoo variant or a model file"))
-            continue
-        for backend in backends:
-            for precision in cfg.precisions:
-                if backend == "torch":
-                    if precision != "fp32":
-                        continue  # the paper's baseline: the fp32 checkpoint, eager
-                    if not torch_available():
-                        targets.append(Target(spec, spec, "torch", "fp32", error=(
-                            "torch is not installed, so there is no PyTorch row: pip install 'edgeseg[train]' "
-                            "for the paper's baseline")))
-                    elif checkpoint is None:
-                        targets.append(Target(spec, spec, "torch", "fp32",
-                                              error=f"no PyTorch checkpoint of {spec} in {where}"))
-                    else:
-                        targets.append(_file_target(checkpoint, spec, "torch"))
+            for backend in backends:
+                if isinstance(_backend_formats(backend), str):  # not installed here: one row saying so
+                    targets.append(Target(spec, spec, backend, "-", error=_backend_formats(backend)))
                     continue
-                found = None
-                for fmt in FILE_FORMAT.get(backend, ()):
-                    cands = [r for r in group if r.format == fmt and r.card.get("precision") == precision]
-                    if cands:
-                        found = min(cands, key=lambda r: (_target_rank(r.card), r.name))
-                        break
-                if found is not None:
-                    targets.append(_file_target(found, spec, backend))
-                elif backend == "onnxruntime" and precision == "fp16":
-                    targets.append(Target(spec, f"{spec}-fp16", backend, precision, error=(
-                        f"no fp16 ONNX file of {spec} in {where} (ONNX Runtime's CPU provider runs fp16 graphs "
-                        "slower than fp32): fp16 is an OpenVINO IR, bench it with --backends openvino")))
-                else:
-                    fmt = "openvino" if backend == "openvino" else "onnx"
-                    targets.append(Target(spec, f"{spec}-{precision}", backend, precision, error=(
-                        f"no {precision} file of {spec} for {backend} in {where}: "
-                        f"export it with `edgeseg export {spec} --format {fmt} --precision {precision}`")))
+                found = (_network_target(spec, backend, p, zoo, shipped, where) for p in cfg.precisions)
+                targets += [t for t in found if t is not None]
     return targets
 
 
@@ -254,26 +242,10 @@ def _file_size(path: Path | None) -> int | None:
 
 
 def _open(target: Target, threads: int):
-    """A Segmenter for the target at ``threads`` threads, and a function that releases it."""
-    if target.backend == "torch":
-        if not torch_available():
-            raise EdgesegError("torch is not installed, so there is no PyTorch row",
-                               "pip install 'edgeseg[train]' for the paper's baseline")
-        # the one place the torch-free runtime touches torch: the paper's baseline, imported only here
-        import torch
-
-        from edgeseg.train.predict import torch_segmenter
-        from edgeseg.zoo import resolve_model
-
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        seg = torch_segmenter(resolve_model(target.path, verify=True))
-        seg.backend_info["threads"] = threads
-        return seg, lambda: torch.set_num_threads(before)
+    """A Segmenter for the target at ``threads`` threads (the backend from the registry, torch included)."""
     from edgeseg.segmenter import Segmenter
 
-    seg = Segmenter.load(target.path, backend=target.backend, threads=threads)
-    return seg, seg.backend.close
+    return Segmenter.load(target.path, backend=target.backend, threads=threads, remember_scale=True)
 
 
 def default_e2e_source(frames: int) -> str:
@@ -290,7 +262,6 @@ def end_to_end(seg, source_spec: str, frames: int) -> dict:
     from .overlay import Overlay
     from .sources import open_source
 
-    seg.remember_scale = True  # as `edgeseg run` does
     source = open_source(source_spec, model_size=seg.input_size, loop=True)
     result = run_live(seg, source, overlay=Overlay(caption=seg.name), max_frames=frames)
     if result.stopped == "interrupted":
@@ -313,22 +284,22 @@ def accuracy(seg, samples: list) -> dict:
 
 
 def _base_row(target: Target, threads: int | None) -> dict:
-    card = target.card or {}
-    test = ((card.get("metrics") or {}).get("test") or {}).get("dice_256")
-    fmt = "torch" if target.backend == "torch" else card.get("format") or (
+    card = target.card
+    test = card.test_dice if card else None
+    fmt = card.format if card else (
         FORMATS.get(target.path.suffix.lower()) if target.path else None)
     return {
         "model": target.model,
         "network": target.network,
-        "arch": card.get("arch"),
+        "arch": card.arch if card else None,
         "file": str(target.path) if target.path else None,
         "format": fmt,
         "backend": target.backend,
         "precision": target.precision,
         "executed_precision": None,
         "threads": threads,
-        "params": card.get("params"),
-        "gflops": card.get("gflops"),
+        "params": card.params if card else None,
+        "gflops": card.gflops if card else None,
         "size_bytes": _file_size(target.path),
         "iterations": None,
         "warmup": None,
@@ -349,7 +320,7 @@ def measure(target: Target, threads: int, cfg: BenchConfig, samples: list | None
         row["error"] = target.error
         return row
     try:
-        seg, release = _open(target, threads)
+        seg = _open(target, threads)
     except EdgesegError as exc:
         row["error"] = str(exc)
         return row
@@ -379,7 +350,7 @@ def measure(target: Target, threads: int, cfg: BenchConfig, samples: list | None
     except Exception as exc:
         row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
     finally:
-        release()
+        seg.close()
     if row.get("error"):
         row["fps"], row["latency_ms"] = None, None
     return row
@@ -400,9 +371,11 @@ def run_bench(cfg: BenchConfig, *, progress: bool = False, on_row: Callable[[dic
     """
     from tqdm.auto import tqdm
 
+    from edgeseg.backends import backend_names
+
     for b in cfg.backends or ():
-        if b not in BACKENDS:
-            raise EdgesegError(f"unknown backend {b!r}", f"use some of: {', '.join(BACKENDS)}")
+        if b not in backend_names():
+            raise EdgesegError(f"unknown backend {b!r}", f"use some of: {', '.join(backend_names())}")
     for p in cfg.precisions:
         if p not in PRECISIONS:
             raise EdgesegError(f"unknown precision {p!r}", f"use some of: {', '.join(PRECISIONS)}")
@@ -651,3 +624,17 @@ def plot_fps_vs_dice(rows: list[dict], path: str | Path, title: str | None = Non
         fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
+
+
+def report_text(result: dict, plot_out: str | None = None) -> str:
+    """What ``edgeseg bench`` prints: the hardware report, the table, the Dice note, the recommendation, and the
+    plot written to ``plot_out`` (when given)."""
+    from .hardware import format_report
+
+    lines = [format_report(result["hardware"]), "", format_table(result["rows"]), dice_note(result["rows"])]
+    if result["recommendation"]:
+        lines.append(result["recommendation"]["text"])
+    if plot_out:
+        ok = ok_rows(result["rows"])
+        lines.append(f"plot: {plot_fps_vs_dice(result['rows'], plot_out)}" if ok else "no row was measured: no plot")
+    return "\n".join(lines)

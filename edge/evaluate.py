@@ -135,3 +135,26 @@ def choose_postprocess(
         scores.append({"postprocess": cfg.to_dict(), **summarise(rows)})
     best = max(range(len(candidates)), key=lambda i: scores[i][key])
     return candidates[best], scores
+
+
+def evaluate_folder(
+    seg,
+    data,
+    split: str | None = None,
+    *,
+    mask_fixes=None,
+    progress: bool = False,
+    compare_cc: bool = False,
+) -> dict:
+    """Score a Segmenter on a dataset folder the way ``edgeseg eval`` does: find its images, take ``split`` (the
+    test split of a canonical folder by default, every image of any other), evaluate.
+
+    Returns :func:`evaluate`'s result plus ``"info"`` (split name, split file and hash, the folder).
+    """
+    from .data import find_items, load_sample
+    from .split import select_items
+
+    items, info = select_items(find_items(data, mask_fixes), split, where=str(data))
+    result = evaluate(seg, (load_sample(it) for it in items), progress=progress, total=len(items),
+                      compare_cc=compare_cc)
+    return {**result, "info": {"data": str(data), **info}}

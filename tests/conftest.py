@@ -109,3 +109,11 @@ def disc_frame(size=(300, 300), diameter=12, spacing=30, bright=230, dark=20):
             k += 1
             cv2.circle(labels, (x, y), diameter // 2, k, -1)
     return np.where(labels > 0, bright, dark).astype(np.uint8), labels
+
+
+def two_touching_discs(shape=(60, 80)):
+    """Labels of two discs that overlap along a line (nuclei that touch)."""
+    labels = np.zeros(shape, np.int32)
+    cv2.circle(labels, (30, 30), 12, 1, -1)
+    cv2.circle(labels, (52, 30), 12, 2, -1)
+    return labels
