@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeseg.errors import EdgesegError
+from edgeseg.progress import Progress, reporter
 
 _HOST = re.compile(r"^(?:([A-Za-z0-9._][A-Za-z0-9._-]*)@)?([A-Za-z0-9._][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\])$")
 _REMOTE_PATH = re.compile(r"^[A-Za-z0-9._/+-]+$")
@@ -278,7 +279,7 @@ def dry_run_text(o: DeployOptions, steps: list[Step]) -> str:
 
 def run_plan(
     steps: list[Step],
-    echo: Callable[[str], None] = print,
+    progress: Progress | None = print,
     runner: Callable[..., subprocess.CompletedProcess] = subprocess.run,
 ) -> None:
     """Run each step in turn; stop at the first failure with a one-line DeployError naming the step and the fix."""
@@ -288,8 +289,62 @@ def run_plan(
                 f"{tool} is not installed here", "install the OpenSSH client (apt install openssh-client)"
             )
     for i, s in enumerate(steps, 1):
-        echo(f"[{i}/{len(steps)}] {s.description}")
+        reporter(progress)(f"[{i}/{len(steps)}] {s.description}")
         sys.stdout.flush()
         proc = runner(s.argv, stdin=subprocess.DEVNULL)
         if proc.returncode != 0:
             raise DeployError(f"step {i} ({s.description}) failed with exit code {proc.returncode}", s.fix)
+
+
+def wheel_version_note(wheel: Path, bundle_version: str) -> str | None:
+    """A warning when ``wheel`` is another edgeseg version than the one that made the bundle."""
+    version = _wheel_version(wheel)
+    if version == bundle_version:
+        return None
+    return f"the wheel is edgeseg {version}, the bundle was made with edgeseg {bundle_version}"
+
+
+def deploy(host: str, *, bundle: str | Path | None, models: str, target: str, dry_run: bool = False,
+           progress: Progress | None = print, **options) -> str:
+    """``edgeseg deploy``: the bundle (made now from ``models`` for ``target`` when none is given), checked, sent
+    and installed over ssh (``options``: the :class:`DeployOptions` fields). Returns the closing line, or the
+    plan's text with ``dry_run``."""
+    import tempfile
+
+    from .bundle import check_bundle, make_bundle
+
+    with tempfile.TemporaryDirectory(prefix="edgeseg-deploy-") as tmp:
+        if bundle is None:
+            bundle = Path(tmp) / "bundle.tar.gz"
+            for note in make_bundle(models, bundle, target=target)[1]:
+                reporter(progress)(f"note: {note}")
+        manifest = check_bundle(bundle)
+        version = manifest["edgeseg_version"]
+        note = wheel_version_note(options["wheel"], version) if options.get("wheel") else None
+        if note:
+            reporter(progress)(f"warning: {note}")
+        opts = DeployOptions(host=host, bundle=Path(bundle), version=version, **options)
+        steps = deploy_plan(opts)
+        if dry_run:
+            return dry_run_text(opts, steps)
+        run_plan(steps, progress=progress)
+    rdir = opts.remote_dir.removeprefix("~/")
+    if opts.service:
+        return (f"deployed: {opts.service_name} runs at boot on {host}; "
+                f"logs: ssh {host} journalctl -u {opts.service_name} -f")
+    return f"deployed: ssh {host} {rdir}/venv/bin/edgeseg run --bundle {rdir}/bundle --no-display"
+
+
+def write_service_unit(path: str | Path, bundle_dir: str | Path, *, name: str = "edgeseg",
+                       run_args: list[str] | None = None) -> Path:
+    """Write the systemd unit that runs an installed bundle with this Python's edgeseg, as the current user."""
+    import getpass
+
+    from edgeseg.fsutil import atomic_write_text
+
+    exe = Path(sys.executable).parent / "edgeseg"
+    cmd = str(exe) if exe.exists() else f"{sys.executable} -m edgeseg.cli"
+    bundle_dir = Path(bundle_dir)
+    unit = systemd_unit(exe=cmd, bundle_dir=str(bundle_dir), user=getpass.getuser(), workdir=str(bundle_dir.parent),
+                        run_args=run_args, name=name)
+    return atomic_write_text(path, unit)

@@ -37,7 +37,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -45,7 +45,10 @@ import cv2
 import numpy as np
 
 from edgeseg.errors import EdgesegError
+from edgeseg.progress import Progress, reporter
+from edgeseg.zoo import DEFAULT_RUN_MODEL, SAMPLE_CLIP
 
+from .options import RunOptions, check_run_options
 from .overlay import Overlay
 from .recorder import Recorder
 from .runlog import RunLog, RunStats
@@ -318,35 +321,6 @@ def run_live(
 # --------------------------------------------------------------------------- one run, from options
 
 
-@dataclass
-class RunOptions:
-    """Everything ``edgeseg run`` takes (the names of its options; a bundle's ``run_config`` uses them too)."""
-
-    model: str
-    source: str
-    backend: str = "auto"
-    threads: int | None = None
-    display: bool | None = None  # None: when a screen and a GUI-enabled OpenCV are there (and not serving)
-    record: str | None = None  # None: OUT/overlay.mp4 for a file source, nothing for a camera
-    no_record: bool = False
-    log: str | None = None  # None: OUT/run.jsonl
-    out: str | None = None  # None: edgeseg-runs/TIMESTAMP
-    max_frames: int | None = None
-    channel: str = "auto"
-    tile: str = "auto"
-    threshold: float | None = None
-    overlay: str = "contours"
-    pace: bool = False
-    fps: float | None = None
-    loop: bool = False
-    serve: str | None = None
-    token: str | None = None
-
-    @classmethod
-    def fields(cls) -> set[str]:
-        return set(cls.__dataclass_fields__)
-
-
 def apply_bundle(options: dict, bundle: str, explicit: set[str]) -> tuple[dict, str | None]:
     """Options for a run from a bundle (``edgeseg run --bundle B``): the bundle's verified model file and its
     default ``run`` configuration, under the options given on the command line (``explicit``). ``--model NAME``
@@ -369,24 +343,31 @@ def load_segmenter(opts: RunOptions):
     from edgeseg.segmenter import Segmenter
 
     seg = Segmenter.load(opts.model, backend=opts.backend, threads=opts.threads, threshold=opts.threshold,
-                         tile=opts.tile, channel=opts.channel)
-    seg.remember_scale = True  # one scale estimate per frame size, not one per frame
+                         tile=opts.tile, channel=opts.channel, diameter=opts.diameter,
+                         remember_scale=True)  # one scale estimate per frame size, not one per frame
     s = seg.input_size
-    seg.predict(np.zeros((1, 3, s, s), np.float32))
+    try:
+        seg.predict(np.zeros((1, 3, s, s), np.float32))
+    except EdgesegError:
+        seg.close()
+        raise
+    except Exception as exc:  # a runtime that loads a file but cannot run it (seen: OpenVINO on some ARM CPUs)
+        seg.close()
+        raise EdgesegError(f"{seg.name} fails at its first inference ({str(exc).splitlines()[0][:160]})",
+                           "try --backend onnxruntime, or another model file") from exc
     return seg
 
 
-def run_session(opts: RunOptions, echo: Callable[[str], None] = print, sinks: Sequence = ()) -> RunResult:
+def run_session(opts: RunOptions, progress: Progress | None = print, sinks: Sequence = ()) -> RunResult:
     """Load the model, open the source and the outputs, run the loop with Ctrl-C/SIGTERM handled; return the result.
 
     Raises EdgesegError (one line, before anything is written) for a bad model, source or option.
     """
     from .sources import open_source
 
-    if opts.max_frames is not None and opts.max_frames < 1:
-        raise EdgesegError(f"--max-frames {opts.max_frames} processes nothing", "give a positive number")
-    if opts.fps is not None and opts.fps <= 0:
-        raise EdgesegError(f"--fps {opts.fps} is not a frame rate", "give a positive number")
+    if opts.model is None or opts.source is None:  # the demo: the shipped clip through the default model
+        opts = replace(opts, model=opts.model or DEFAULT_RUN_MODEL, source=opts.source or str(SAMPLE_CLIP))
+    check_run_options(opts)
     seg = load_segmenter(opts)
     source = open_source(opts.source, model_size=seg.input_size, loop=opts.loop,
                          pace=(opts.fps or 0.0) if opts.pace else None, default_fps=opts.fps)
@@ -415,7 +396,7 @@ def run_session(opts: RunOptions, echo: Callable[[str], None] = print, sinks: Se
             server = serve_mod.serve(feed, host, port, opts.token)
             closers.append(server.shutdown)
             sinks.append(feed)
-            echo(f"watch the live overlay at {server.url}")
+            reporter(progress)(f"watch the live overlay at {server.url}")
         show = opts.display if opts.display is not None else (gui_available() and not opts.serve)
         display = Display() if show else None
         overlay = Overlay(opts.overlay, opts.channel, caption=seg.name)

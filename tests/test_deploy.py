@@ -210,7 +210,7 @@ def test_run_plan_stops_at_the_first_failing_step_with_its_fix(tmp_path):
     ]
     seen = []
     with pytest.raises(DeployError) as err:
-        run_plan(steps, echo=seen.append)
+        run_plan(steps, progress=seen.append)
     assert str(err.value) == "step 2 (second) failed with exit code 7: do the thing"
     assert seen == ["[1/3] first", "[2/3] second"] and not marker.exists()
 

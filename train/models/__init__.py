@@ -23,7 +23,16 @@ from . import fast_scnn as _fast_scnn  # noqa: F401
 from .blocks import IMAGENET_MEAN, IMAGENET_STD
 from .complexity import count_params, gflops
 from .mobilenetv2_unet import EncoderWeightsError, load_encoder_weights
-from .registry import MODEL_INFO, UnknownModelError, build_model, list_models, register_model
+from .registry import (
+    MODEL_INFO,
+    UnknownModelError,
+    architecture_rows,
+    build_model,
+    check_model_name,
+    list_models,
+    register_model,
+    resolve_encoder_weights,
+)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -31,10 +40,13 @@ __all__ = [
     "MODEL_INFO",
     "EncoderWeightsError",
     "UnknownModelError",
+    "architecture_rows",
     "build_model",
+    "check_model_name",
     "count_params",
     "gflops",
     "list_models",
     "load_encoder_weights",
     "register_model",
+    "resolve_encoder_weights",
 ]

@@ -9,6 +9,7 @@ Fast-SCNN).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from torch import nn
 
@@ -51,3 +52,42 @@ def build_model(name: str, **kwargs) -> nn.Module:
     except KeyError:
         raise UnknownModelError(f"unknown model {name!r}: choose one of {', '.join(_MODELS)}") from None
     return factory(**kwargs)
+
+
+def architecture_rows(size: int = 256) -> list[dict]:
+    """One row per registered network for ``edgeseg models``: parameters, GFLOPs at ``size``, description."""
+    from .complexity import count_params, gflops
+
+    rows = []
+    for name in list_models():
+        m = build_model(name)
+        rows.append({"name": name, "kind": "architecture", "arch": name, "params": count_params(m),
+                     "gflops": round(gflops(m, size), 4), "description": MODEL_INFO.get(name, "")})
+    return rows
+
+
+def resolve_encoder_weights(model: str, spec: str | None, warn: Callable[[str], None] = print) -> str | None:
+    """``--encoder-weights``: ``imagenet``, a state-dict path, ``none``, or ``auto`` (ImageNet weights when they are
+    available offline, else random with a warning). Only ``mobilenetv2_unet`` has a pretrained encoder."""
+    from .mobilenetv2_unet import EncoderWeightsError
+
+    if model != "mobilenetv2_unet" or spec in ("none", None):
+        return None
+    if spec != "auto":
+        if spec != "imagenet" and not Path(spec).exists():
+            raise ModelError(f"encoder weights file {spec} does not exist", "pass an existing state-dict file")
+        return spec
+    try:
+        build_model(model, encoder_weights="imagenet")
+        return "imagenet"
+    except EncoderWeightsError:
+        warn("warning: no offline ImageNet weights found; the encoder starts from random weights "
+             "(pass --encoder-weights PATH to use a state-dict file)")
+        return None
+
+
+def check_model_name(name: str) -> str:
+    """``name`` if it is a registered network, else a one-line error listing them."""
+    if name not in _MODELS:
+        raise ModelError(f"unknown model {name!r}", f"choose one of {', '.join(_MODELS)}")
+    return name

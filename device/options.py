@@ -1,0 +1,87 @@
+"""The options of ``edgeseg run``, declared once: the CLI builds its flags from :class:`RunOptions`, a bundle's
+default run configuration (:data:`BUNDLE_KEYS`, :func:`run_defaults`) takes its keys and defaults from it, and
+:func:`check_run_options` checks them before anything is opened (torch-free, OpenCV-free)."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, fields
+
+from edgeseg.errors import EdgesegError
+
+TILE_CHOICES = ("auto", "always", "never")
+CHANNEL_CHOICES = ("auto", "gray", "red", "green", "blue")
+BACKEND_CHOICES = ("auto", "onnxruntime", "openvino")
+OVERLAY_CHOICES = ("contours", "mask", "both")
+
+
+def _opt(default, help: str, *, flags: tuple[str, ...] | None = None, choices: tuple[str, ...] | None = None,
+         type=None, metavar: str | None = None, path: str | None = None):
+    """A RunOptions field with what the command line needs to declare it (``flags`` default: ``--name``)."""
+    return field(default=default, metadata={"help": help, "flags": flags, "choices": choices, "type": type,
+                                            "metavar": metavar, "path": path})
+
+
+@dataclass
+class RunOptions:
+    """Everything ``edgeseg run`` takes (the names of its options; a bundle's ``run`` configuration uses them too)."""
+
+    model: str | None = _opt(None, "Zoo name or model file (.onnx, .xml; .pt with edgeseg[train]) "
+                                   "[fast_scnn-int8].")
+    source: str | None = _opt(None, "picam[:N][@WxH], cam:N, a video file, a multi-page TIFF, a folder of images, "
+                                    "or synthetic[:WxH[:N]] [the shipped sample clip].")
+    backend: str = _opt("auto", "auto: ONNX Runtime for .onnx, OpenVINO for .xml.", choices=BACKEND_CHOICES)
+    threads: int | None = _opt(None, "Inference threads [all cores].", type=int)
+    display: bool | None = _opt(None, "Show the overlay in a window [when there is a screen and a GUI-enabled "
+                                      "OpenCV].", flags=("--display/--no-display",))
+    record: str | None = _opt(None, "Overlay video, .mp4 or .avi [OUT/overlay.mp4 for a file source; none for a "
+                                    "camera].", path="file")
+    no_record: bool = _opt(False, "Record no video.", flags=("--no-record",))
+    log: str | None = _opt(None, "JSONL log, one line a frame [OUT/run.jsonl].", path="file")
+    out: str | None = _opt(None, "Folder for the log and the recording [edgeseg-runs/YYYYmmdd-HHMMSS].", path="dir")
+    max_frames: int | None = _opt(None, "Stop after N frames.", type=int)
+    channel: str = _opt("auto", "Fluorescence channel to segment (auto keeps colour).", choices=CHANNEL_CHOICES)
+    tile: str = _opt("auto", "auto resizes frames near the input size and tiles large ones at the training scale.",
+                     choices=TILE_CHOICES)
+    diameter: float | None = _opt(None, "Nucleus diameter in frame pixels: rescale to the model's training scale "
+                                        "instead of estimating it.", type=float, metavar="PX")
+    threshold: float | None = _opt(None, "Override the card's foreground threshold (0-1).", type=float)
+    overlay: str = _opt("contours", "How nuclei are drawn.", choices=OVERLAY_CHOICES)
+    pace: bool = _opt(False, "Play a file at its frame rate like a camera (late frames are dropped).",
+                      flags=("--pace",))
+    fps: float | None = _opt(None, "Frame rate of a file that has none (TIFF, folder) [10].", type=float)
+    loop: bool = _opt(False, "Replay a file source endlessly (stop with --max-frames or Ctrl-C).", flags=("--loop",))
+    serve: str | None = _opt(None, "Also stream the overlay to a browser (host 127.0.0.1 unless given; 0.0.0.0 "
+                                   "needs a token).", metavar="[HOST:]PORT")
+    token: str | None = _opt(None, "Token every --serve request must carry [generated for a non-loopback host].")
+
+    @classmethod
+    def fields(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+
+# the options a bundle may carry as the device's defaults (None: the card's / the runtime's own default)
+BUNDLE_KEYS = ("model", "source", "backend", "threads", "threshold", "tile", "channel", "diameter")
+
+
+def run_defaults() -> dict:
+    """A bundle's default run configuration: :data:`BUNDLE_KEYS` with RunOptions' defaults."""
+    defaults = {f.name: f.default for f in fields(RunOptions)}
+    return {k: defaults[k] for k in BUNDLE_KEYS}
+
+
+def check_run_options(opts: RunOptions) -> None:
+    """One-line errors for options that cannot work, before the model or the source is opened."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if opts.threads is not None and not 1 <= opts.threads <= 4 * cores:
+        raise EdgesegError(f"--threads {opts.threads} is not a usable thread count",
+                           f"give 1 to {4 * cores} ({cores} cores here)")
+    if opts.threshold is not None and not (math.isfinite(opts.threshold) and 0.0 <= opts.threshold <= 1.0):
+        raise EdgesegError(f"--threshold {opts.threshold} is not a probability", "give a value from 0 to 1")
+    if opts.diameter is not None and not (math.isfinite(opts.diameter) and opts.diameter > 0):
+        raise EdgesegError(f"--diameter {opts.diameter} is not a size in pixels", "give a positive number")
+    if opts.max_frames is not None and opts.max_frames < 1:
+        raise EdgesegError(f"--max-frames {opts.max_frames} processes nothing", "give a positive number")
+    if opts.fps is not None and not (math.isfinite(opts.fps) and opts.fps > 0):
+        raise EdgesegError(f"--fps {opts.fps} is not a frame rate", "give a positive number")
