@@ -19,16 +19,22 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/edgeseg run
 
-test: $(STAMP) browser
+# installs nothing outside .venv: without a chromium the browser test is skipped ("run `make browser`")
+test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-# the browser test of `run --serve` drives Debian's headless chromium; without root/apt it is skipped
+# The one system-wide step, on request: Debian's chromium (apt-get, as root or through sudo) for the headless-browser
+# test of `edgeseg run --serve`. Says what it runs; does nothing when a chromium is already there.
+CHROMIUMS := chromium chromium-browser google-chrome
 browser:
-	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
-	  && { timeout 600 apt-get install -y -qq chromium >/dev/null 2>&1 \
-	       || { timeout 300 apt-get update -qq >/dev/null 2>&1 && timeout 600 apt-get install -y -qq chromium >/dev/null 2>&1; }; } \
-	  || echo "chromium not installed: the browser test will be skipped"; }
+	@for c in $(CHROMIUMS); do p=$$(command -v $$c) && { echo "browser: $$p is already installed, nothing to do"; exit 0; }; done; \
+	command -v apt-get >/dev/null 2>&1 || { echo "browser: no apt-get here: install chromium with your system's package manager" >&2; exit 1; }; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo="sudo "; \
+	else echo "browser: installing chromium needs root: run 'apt-get install chromium' as root" >&2; exit 1; fi; \
+	echo "browser: installing Debian's chromium system-wide (for the browser test of 'edgeseg run --serve'):"; \
+	echo "  $${sudo}apt-get update && $${sudo}apt-get install -y chromium"; \
+	$${sudo}apt-get update && $${sudo}apt-get install -y chromium
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -44,19 +44,26 @@ def fast(zoo, **kw):
                           "threads": [1], "iterations": 4, "warmup": 1, "zoo": str(zoo), **kw})
 
 
-def test_time_predictor_counts_every_call_and_orders_the_percentiles():
+def test_time_predictor_counts_every_call_and_orders_the_percentiles(monkeypatch):
+    import types
+
+    import edgeseg.device.bench as bench_module
+
+    clock = types.SimpleNamespace(now=50.0)  # a fake clock: the i-th timed call takes i ms, exactly
+    monkeypatch.setattr(bench_module, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
     calls = []
 
     def predict(x):
         calls.append(1)
-        time.sleep(0.002)
+        clock.now += max(len(calls) - 3, 1) / 1e3  # warm-up calls take 1 ms each (and are not timed)
         return x
 
     t = time_predictor(predict, 0, iterations=10, warmup=3)
     assert len(calls) == 13
     lat = t["latency_ms"]
-    assert 2.0 <= lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
-    assert t["fps"] == pytest.approx(10 / t["total_s"], rel=1e-2) and t["fps"] < 500
+    assert lat["min"] == pytest.approx(1.0) and lat["max"] == pytest.approx(10.0) and lat["mean"] == pytest.approx(5.5)
+    assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert t["total_s"] == pytest.approx(0.055) and t["fps"] == pytest.approx(10 / 0.055, rel=1e-3)
 
 
 def test_plan_picks_one_file_per_backend_and_precision_and_names_what_is_missing(zoo):

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from test_sources import fake_camera, write_video
 
 from edgeseg.card import CARD_METADATA_KEY, new_card, write_card
-from edgeseg.cli import DEFAULT_RUN_MODEL, SAMPLE_CLIP, main
+from edgeseg.cli import main
 from edgeseg.device.live import (
     EXIT_SIGINT,
     EXIT_SIGTERM,
@@ -32,7 +32,7 @@ from edgeseg.device.overlay import Overlay
 from edgeseg.device.runlog import FRAME_KEYS, STAGES, SUMMARY_KEYS, RunLog, read_log
 from edgeseg.device.sources import OpenCVCameraSource, SyntheticSource, open_source
 from edgeseg.segmenter import Segmenter
-from edgeseg.zoo import zoo_entries
+from edgeseg.zoo import DEFAULT_RUN_MODEL, SAMPLE_CLIP, zoo_entries
 
 REPO = Path(__file__).resolve().parents[1]
 ZOO = {ref.name: ref for ref in zoo_entries()}
@@ -96,8 +96,10 @@ def check_log_schema(path: Path) -> list[dict]:
     for rec in frames:
         assert set(FRAME_KEYS) <= set(rec)
         stages = sum(rec[f"{s}_ms"] for s in STAGES)
-        assert all(rec[f"{s}_ms"] >= 0 for s in STAGES)
-        assert stages <= rec["latency_ms"] + 0.01 and rec["latency_ms"] - stages < 5.0
+        assert all(rec[f"{s}_ms"] >= 0 for s in STAGES) and rec["latency_ms"] > 0
+        # the stages are disjoint parts of the frame's latency (exact by construction, up to the 3-decimal rounding);
+        # that they cover all of it is checked on a fake clock, test_stages_add_up_to_the_latency
+        assert stages <= rec["latency_ms"] + 0.01
         assert isinstance(rec["count"], int) and rec["count"] >= 0
     assert [rec["index"] for rec in frames] == sorted(rec["index"] for rec in frames)
     summary = lines[-1]
@@ -327,7 +329,7 @@ def test_serve_option_streams_while_running_and_shuts_down(tiny_model, tmp_path)
     said = []
     opts = RunOptions(model=str(tiny_model), source="synthetic:64x64:30", display=False, no_record=True,
                       log=str(tmp_path / "l.jsonl"), serve="127.0.0.1:0", pace=True, fps=30)
-    result = run_session(opts, echo=said.append)
+    result = run_session(opts, progress=said.append)
     assert result.summary["frames"] >= 1
     url = next(s for s in said if "http://" in s).split()[-1]
     with pytest.raises(OSError):  # the server is gone once the run is over
@@ -413,16 +415,62 @@ def test_soak_thousands_of_frames_without_memory_growth(tiny_model, tmp_path):
                           overlay=Overlay(min_side=64))
     finally:
         tracemalloc.stop()
-    elapsed = time.perf_counter() - t0
-    assert result.summary["frames"] == 3001
+    elapsed = time.perf_counter() - t0  # printed only: the speed is a benchmark's business, not a test's
+    assert result.summary["frames"] == 3001 and result.summary["dropped"] == 0 and result.stopped == "end"
+    assert sorted(probe.samples) == list(range(0, 3001, 500))  # the sink saw every frame, in order
     heap = {n: h for n, (h, _) in probe.samples.items()}
     rss = {n: r for n, (_, r) in probe.samples.items()}
     print(f"heap growth {(heap[3000] - heap[1000]) / 1024:.1f} KiB, RSS growth {rss[3000] - rss[1000]} KiB, "
           f"{elapsed:.1f} s")
     assert heap[3000] - heap[1000] < 12 * 1024, f"Python heap grew by {(heap[3000] - heap[1000]) / 1024:.1f} KiB"
     assert rss[3000] - rss[1000] < 4 * 1024, f"RSS grew by {rss[3000] - rss[1000]} KiB"
-    assert elapsed < 60
-    assert len(read_log(tmp_path / "soak.jsonl")) == 3003
+    lines = read_log(tmp_path / "soak.jsonl")
+    assert len(lines) == 3003 and [r["index"] for r in lines[1:-1]] == list(range(3001))  # every frame logged once
+
+
+def test_stages_add_up_to_the_latency(tiny_model, tmp_path, monkeypatch):
+    """On a clock that moves only when a stage works (capture 3 ms, the model 2 + 5 + 1 ms, the sink 1 ms), every
+    frame's stages add up to its latency exactly: nothing the loop does for a frame is left untimed or counted twice.
+    (Replaces a "stage sum within 5 ms of the latency" check on the real clock, which a busy machine broke.)"""
+    import types
+
+    import edgeseg.device.live as live_module
+
+    clock = types.SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(live_module, "time", types.SimpleNamespace(perf_counter=lambda: clock.now, time=time.time))
+    real = Segmenter.load(tiny_model)
+
+    class Timed:
+        info, channel = real.info, real.channel
+
+        def __call__(self, image, order="rgb"):
+            result = real(image, order)
+            clock.now += 0.008
+            result.timings = {"preprocess": 2.0, "inference": 5.0, "postprocess": 1.0}
+            return result
+
+    class Camera(SyntheticSource):
+        def read(self):
+            clock.now += 0.003
+            return super().read()
+
+    class Viewer:
+        def publish(self, img, stats):
+            clock.now += 0.001
+
+        def close(self):
+            pass
+
+    result = run_live(Timed(), Camera((64, 64), 4), log=RunLog(tmp_path / "t.jsonl"), sinks=[Viewer()],
+                      overlay=Overlay(min_side=64))
+    frames = [r for r in check_log_schema(tmp_path / "t.jsonl") if r["type"] == "frame"]
+    assert len(frames) == 4 and result.summary["frames"] == 4
+    expected = {"capture": 3.0, "preprocess": 2.0, "inference": 5.0, "postprocess": 1.0, "render": 0.0, "output": 1.0}
+    for rec in frames:
+        assert {s: rec[f"{s}_ms"] for s in STAGES} == pytest.approx(expected, abs=1e-3)
+        assert rec["latency_ms"] == pytest.approx(12.0, abs=1e-3)
+    assert result.summary["latency_ms"]["p50"] == pytest.approx(12.0, rel=0.01)
+    assert result.summary["fps"] == pytest.approx(4 / 0.048, rel=1e-3)  # 4 frames back to back, 12 ms each
 
 
 def test_stop_flag_ends_the_loop_after_the_frame_in_flight(tiny_model):

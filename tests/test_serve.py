@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -10,11 +11,11 @@ import select
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import threading
 import time
+import types
 import urllib.request
 from pathlib import Path
 
@@ -22,12 +23,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeseg.cli import DEFAULT_RUN_MODEL, SAMPLE_CLIP
 from edgeseg.device.live import RunOptions, StopFlag, load_segmenter, run_live
 from edgeseg.device.serve import BOUNDARY, LiveFeed, is_loopback, parse_hostport, serve
 from edgeseg.device.sources import open_source
 from edgeseg.errors import EdgesegError
-from edgeseg.zoo import zoo_entries
+from edgeseg.zoo import DEFAULT_RUN_MODEL, SAMPLE_CLIP, zoo_entries
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,6 +54,7 @@ def _request(server, path, method="GET", headers=None, host="127.0.0.1", timeout
 def _open_stream(server, path="/stream.mjpg", timeout=5.0):
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
     conn.request("GET", path)
+    conn.stream_sock = conn.sock  # http.client lets go of it once the response says "Connection: close"
     return conn, conn.getresponse()
 
 
@@ -81,7 +82,8 @@ def _rss_mb() -> float:
     raise RuntimeError("no VmRSS")
 
 
-def _wait(cond, timeout=5.0, step=0.02) -> bool:
+def _wait(cond, timeout=60.0, step=0.02) -> bool:
+    """Poll until ``cond()``; the timeout only stops a hang (it returns as soon as the condition holds)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if cond():
@@ -108,19 +110,23 @@ def server(feed):
 # the feed
 
 
-def test_publish_copies_the_frame_and_returns_at_once(feed):
+def test_publish_copies_the_frame_and_returns_at_once(feed, monkeypatch):
     img = _frame(10, (480, 640, 3))
     feed.publish(img, {"count": 3})
     img[:] = 255  # the runtime reuses its buffer: what was published must not change
     png = feed.snapshot_png()
     assert cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[0, 0].tolist() == [10, 10, 10]
-    times = []
+
+    class EncoderBusy:  # a client is encoding: whoever waits for the encoder's lock fails here instead of waiting
+        def __enter__(self):
+            raise AssertionError("publish() waited for the JPEG encoder")
+
+        __exit__ = acquire = __enter__
+
+    monkeypatch.setattr(feed, "_encode_lock", EncoderBusy())
     for i in range(200):
-        t0 = time.perf_counter()
         feed.publish(img, {"count": i})
-        times.append((time.perf_counter() - t0) * 1e3)
-    # a 640x480 copy and a few reference swaps; nothing is encoded in publish()
-    assert statistics.median(times) < 2.0, times
+    # a 640x480 copy and a few reference swaps: publish() neither encodes nor waits for an encode
     assert feed.encodes == 0
     assert feed.frames == 201 and feed.stats()["count"] == 199
 
@@ -144,28 +150,38 @@ def test_jpeg_is_encoded_once_per_frame_and_shared_by_all_clients():
     assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (120, 160, 3)
 
 
-def test_encode_rate_is_capped_at_max_fps_whatever_the_frame_rate():
+def test_encode_rate_is_capped_at_max_fps_whatever_the_frame_rate(monkeypatch):
+    """One second on a fake clock (the feed's only clock): a frame published every 2 ms, while time passes, and a
+    client taking frames as fast as it can. Exact whatever the machine's speed."""
+    import edgeseg.device.serve as serve_module
+
     feed = LiveFeed(max_fps=10)
-    stop = threading.Event()
+    clock = types.SimpleNamespace(now=100.0, next=100.0)
 
-    def publisher():
-        i = 0
-        while not stop.is_set():
-            feed.publish(_frame(i % 255), {})
-            i += 1
-            time.sleep(0.002)
+    def sleep(seconds):  # time passes: the publisher publishes the frames due meanwhile
+        end = clock.now + max(seconds, 0.0)
+        while clock.next <= end + 1e-9:
+            clock.now = clock.next
+            feed.publish(_frame(feed.frames % 255), {})
+            clock.next += 0.002
+        clock.now = max(clock.now, end)
 
-    t = threading.Thread(target=publisher)
-    t.start()
-    try:
-        last, t0 = 0, time.monotonic()
-        while time.monotonic() - t0 < 1.0:  # a client taking frames as fast as it can
-            last = feed.wait_jpeg(last, 1.0)[0]
-    finally:
-        stop.set()
-        t.join()
-    assert feed.frames > 100  # the publisher ran at its own pace...
-    assert 5 <= feed.encodes <= 13  # ...and the JPEG at about max_fps (10/s for 1 s)
+    monkeypatch.setattr(serve_module, "time", types.SimpleNamespace(monotonic=lambda: clock.now, sleep=sleep))
+    sleep(0.0)
+    last, got = 0, []
+    while clock.now < 101.0:
+        new = feed.wait_jpeg(last, 0.0)
+        if new is None:  # nothing newer yet: the client asks again 2 ms later
+            sleep(0.002)
+            continue
+        last = new[0]
+        got.append((clock.now, last, feed.frames))
+    assert feed.frames >= 500  # the publisher ran at its own pace...
+    assert 10 <= feed.encodes <= 11 and len(got) == feed.encodes  # ...and the JPEG at max_fps (10/s for 1 s)
+    pairs = list(zip(got, got[1:], strict=False))
+    assert all(b[0] - a[0] >= 0.1 - 1e-6 for a, b in pairs)
+    assert all(seq == newest for _, seq, newest in got)  # each encode is of the newest frame...
+    assert all(b[1] - a[1] >= 40 for a, b in pairs)  # ...and the frames in between are skipped
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -302,8 +318,35 @@ def test_stats_snapshot_health_and_stream(feed, server):
     assert status == 503 and json.loads(body)["status"] == "closed"
 
 
+def _stream_client(server, sock: socket.socket):
+    """The server's record of the stream whose client end is ``sock`` (device/serve.py ``_Client``: ``last``, the
+    number of the last frame handed to it, and ``pending``, the unsent rest of the one frame it may hold), or None."""
+    port = sock.getsockname()[1]
+    streamer = server._httpd.streamer
+    with streamer._lock:
+        clients = list(streamer.clients)
+    for client in clients:
+        try:
+            if client.sock.getpeername()[1] == port:
+                return client
+        except OSError:
+            pass
+    return None
+
+
+def _stall(server) -> socket.socket:
+    """A client that asks for the stream and then never reads (a tiny receive buffer fills at once)."""
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", server.port))
+    stalled.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+    return stalled
+
+
 def test_a_stalled_client_is_dropped_and_the_others_keep_their_frame_rate(feed):
-    s = serve(feed, port=0, write_timeout=1.5)
+    """Counted, not timed: while a stalled client holds its one partly sent frame, another reader goes on getting
+    frames and the stalled one skips them (nothing queued); once write_timeout passes it is dropped."""
+    s = serve(feed, port=0, write_timeout=3600)  # not dropped until the test lowers it, below
     stop = threading.Event()
     noise = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)  # ~100 kB JPEGs
 
@@ -316,29 +359,36 @@ def test_a_stalled_client_is_dropped_and_the_others_keep_their_frame_rate(feed):
 
     t = threading.Thread(target=publisher)
     t.start()
-    stalled = socket.socket()
+    stalled = None
     try:
-        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stalled.connect(("127.0.0.1", s.port))
-        stalled.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
-        conn, resp = _open_stream(s)
-        t0 = time.monotonic()
-        times = [t0]
-        while time.monotonic() - t0 < 3.0:
-            _read_part(resp)
-            times.append(time.monotonic())
-        fps = (len(times) - 1) / (times[-1] - t0)
-        gap = float(np.diff(times).max())
-        assert s.streams == 1, "the stalled client was not dropped after write_timeout"
-        # the reader kept the stream's rate, and never waited for the stalled client (that would be a 1.5 s gap)
-        assert fps > 0.6 / feed.min_interval and gap < 1.0, (fps, gap)
+        stalled = _stall(s)
+        conn, resp = _open_stream(s, timeout=60)
+        assert _wait(lambda: s.streams == 2)
+        sizes, stuck = [], None
+        while stuck is None or stuck.pending is None:  # until the stalled client's socket buffers are full
+            assert len(sizes) < 2000, "the stalled client never filled its buffers"
+            sizes.append(len(_read_part(resp)))
+            stuck = _stream_client(s, stalled)
+        reader = _stream_client(s, conn.stream_sock)
+        stuck_last, reader_last = stuck.last, reader.last
+        for _ in range(20):  # the reader never waits for the stalled client...
+            sizes.append(len(_read_part(resp)))
+        assert reader.last > reader_last and s.streams == 2
+        # ...which keeps one partly sent frame (not a queue) and skips the frames sent meanwhile
+        assert stuck.last == stuck_last < reader.last
+        assert stuck.pending is not None and len(stuck.pending) < 2 * min(sizes)
+        s._httpd.write_timeout = 1.5  # now it has taken nothing for longer than write_timeout: dropped
+        assert _wait(lambda: s.streams == 1), "the stalled client was not dropped after write_timeout"
+        for _ in range(3):
+            _read_part(resp)  # the reader's stream goes on
         resp.close()
         conn.close()
-        assert _wait(lambda: s.streams == 0 and s.connections == 0, 3.0)
+        assert _wait(lambda: s.streams == 0 and s.connections == 0)
     finally:
         stop.set()
         t.join()
-        stalled.close()
+        if stalled is not None:
+            stalled.close()
         s.shutdown()
 
 
@@ -349,26 +399,31 @@ def test_head_of_the_stream_is_not_a_stream(feed, server):
 
 
 def test_shutdown_ends_a_stalled_stream_at_once(feed):
-    s = serve(feed, port=0)
+    s = serve(feed, port=0, write_timeout=3600)  # never dropped for stalling: only the shutdown can end it
     feed.publish(_frame(1, (480, 640, 3)), {})
-    stalled = socket.socket()
-    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stalled.connect(("127.0.0.1", s.port))
-    stalled.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+    stalled = _stall(s)
     noise = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)  # big JPEGs fill buffers
-    for i in range(60):
+    i = 0
+    while (c := _stream_client(s, stalled)) is None or c.pending is None:  # until it holds a partly sent frame
+        assert i < 10_000, "the stalled client never filled its buffers"
         feed.publish(noise if i % 2 else 255 - noise, {})
+        i += 1
         time.sleep(0.01)
     assert s.streams == 1
-    t0 = time.monotonic()
-    s.shutdown()
-    assert time.monotonic() - t0 < 2.0
-    assert _wait(lambda: s.streams == 0, 2.0)
+    stopper = threading.Thread(target=s.shutdown)
+    stopper.start()
+    stopper.join(60)  # only stops a hang: shutdown() returns as soon as the server is down
+    assert not stopper.is_alive(), "shutdown() waited for the stalled client"
+    assert _wait(lambda: s.streams == 0), "the stalled stream outlived the shutdown"
+    stalled.settimeout(60)  # a hang guard: the client drains what was in flight, then reads the end
+    with contextlib.suppress(ConnectionResetError):
+        while stalled.recv(1 << 16):
+            pass
     stalled.close()
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# load: 8 streaming clients + 1 stalled client must not slow the pipeline
+# load: 8 streaming clients + 1 stalled client on a real run
 
 
 @pytest.fixture(scope="module")
@@ -381,44 +436,20 @@ def run_model(tmp_path_factory) -> str:
     return str(write_threshold_onnx(tmp_path_factory.mktemp("model") / "bright.onnx"))
 
 
-class _Probe:
-    """A sink in front of the LiveFeed that times the loop: frame end times, the loop thread's CPU time per frame
-    (blind to background load on this shared machine) and the time spent in publish()."""
-
-    def __init__(self, feed: LiveFeed):
-        self.feed = feed
-        self.times: list[float] = []
-        self.cpu_ms: list[float] = []
-        self.publish_ms: list[float] = []
-        self._cpu = None
-
-    def publish(self, image, stats) -> None:
-        cpu, t0 = time.thread_time(), time.perf_counter()
-        self.feed.publish(image, stats)
-        self.publish_ms.append((time.perf_counter() - t0) * 1e3)
-        self.cpu_ms.append((cpu - self._cpu) * 1e3 if self._cpu is not None else float("nan"))
-        self._cpu = cpu
-        self.times.append(time.monotonic())
-
-    def close(self) -> None:
-        self.feed.close()
-
-
 class _LiveRun:
     """The real runtime loop (run_live: source -> Segmenter -> overlay -> sinks) on the shipped clip, looping, in
     a thread of this process, so the server shares the loop's process and GIL as it does under `edgeseg run`."""
 
     def __init__(self, model: str, feed: LiveFeed):
-        # one inference thread: on this 2-core machine the load's own clients (on loopback) need the other core
         self.seg = load_segmenter(RunOptions(model=model, source=str(SAMPLE_CLIP), threads=1))
         self.source = open_source(SAMPLE_CLIP, model_size=self.seg.input_size, loop=True)
         self.stop = StopFlag()
-        self.probe = _Probe(feed)
+        self.feed = feed
         self.result = None
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        self.result = run_live(self.seg, self.source, sinks=[self.probe], stop=self.stop)
+        self.result = run_live(self.seg, self.source, sinks=[self.feed], stop=self.stop)
 
     def start(self) -> _LiveRun:
         self.thread.start()
@@ -426,156 +457,80 @@ class _LiveRun:
 
     def close(self) -> None:
         self.stop.set("test")
-        self.thread.join(20)
+        self.thread.join(60)
 
 
-_CLIENTS = r"""
-# The load's clients, in their own process. Each stdin line "PORT SECS" opens 8 readers and 1 stalled client on
-# PORT for SECS seconds and prints what the readers got. PORT 0 is this process's own stand-in MJPEG server (the
-# same bytes at the same rate): the control blocks, so the clients' own CPU use on loopback (which on a lab
-# network is another machine's) weighs on the pipeline equally with and without the edgeseg server.
-import json, selectors, socket, sys, threading, time
-n, mark, part_bytes, fps = int(sys.argv[1]), sys.argv[2].encode(), int(sys.argv[3]), float(sys.argv[4])
-req = b"GET /stream.mjpg HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-part = mark + b"Content-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % part_bytes + b"x" * part_bytes + b"\r\n"
-own = socket.create_server(("127.0.0.1", 0))
+class _CountingFeed(LiveFeed):
+    """A LiveFeed that notes the number of every frame it encodes to JPEG."""
 
-def stand_in(conn):
-    try:
-        conn.recv(4096)
-        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace\r\n\r\n")
-        while True:
-            conn.sendall(part)
-            time.sleep(1 / fps)
-    except OSError:
-        conn.close()
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.encoded: list[int] = []
 
-def accept():
-    while True:
-        conn, _ = own.accept()
-        threading.Thread(target=stand_in, args=(conn,), daemon=True).start()
-
-threading.Thread(target=accept, daemon=True).start()
-for line in sys.stdin:
-    port, secs = int(line.split()[0]) or own.getsockname()[1], float(line.split()[1])
-    sel = selectors.DefaultSelector()
-    clients = []
-    for i in range(n):
-        s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(req)
-        s.setblocking(False)
-        st = {"sock": s, "frames": 0, "bytes": 0, "tail": b"", "head": b""}
-        sel.register(s, selectors.EVENT_READ, st)
-        clients.append(st)
-    stalled = socket.socket()  # connects, asks for the stream, then never reads
-    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stalled.connect(("127.0.0.1", port))
-    stalled.sendall(req)
-    end = time.monotonic() + secs
-    while (left := end - time.monotonic()) > 0:
-        for key, _ in sel.select(left):
-            st = key.data
-            try:
-                data = st["sock"].recv(1 << 18)
-            except BlockingIOError:
-                continue
-            if not data:
-                sel.unregister(st["sock"])
-                continue
-            buf = st["tail"] + data
-            st["frames"] += buf.count(mark)
-            st["tail"] = buf[-(len(mark) - 1):]
-            st["bytes"] += len(data)
-            if len(st["head"]) < 32:
-                st["head"] += data[:32]
-    for st in clients:
-        st["sock"].close()
-    stalled.close()
-    print(json.dumps({"frames": [c["frames"] for c in clients], "bytes": [c["bytes"] for c in clients],
-                      "status": [c["head"].split(b"\r\n")[0].decode() for c in clients]}), flush=True)
-"""
+    def wait_jpeg(self, after, timeout):
+        n = self.encodes
+        got = super().wait_jpeg(after, timeout)
+        if self.encodes > n:
+            self.encoded.append(self._jpeg_seq)
+        return got
 
 
-def _median_of(blocks, kind, key):
-    return statistics.median(b[key] for b in blocks if b["kind"] == kind)
-
-
-@pytest.mark.slow
-def test_eight_streams_and_a_stalled_client_do_not_slow_the_pipeline(run_model):
-    """The pipeline's FPS with 8 streaming clients + 1 stalled client on the edgeseg server (B) over its FPS without
-    any client on it (A), in one run: 10 interleaved pairs of 1 s (ABBA order, so a drift in background load
-    cancels; 10 s of B in all), the median pair ratio asserted. In A the same client process reads the same bytes
-    from its own stand-in server, so the clients' own CPU use on this shared machine is in both; the loop's CPU time
-    per frame (blind to background load) and publish() time are checked too."""
-    feed = LiveFeed()
-    server = serve(feed, port=0, max_streams=9)  # 8 readers + the stalled one
+def test_eight_streams_and_a_stalled_client_share_one_encode_and_queue_nothing(run_model):
+    """The real loop publishing to the server with 8 readers and 1 stalled client. Counted, not timed (how fast the
+    pipeline goes with and without viewers is a benchmark's question, not a test's): every reader gets its 200 and
+    frame after frame while the stalled client holds one partly sent frame and skips the rest (nothing queued, the
+    loop never waits), each frame is JPEG-encoded at most once for all clients, and memory stays flat."""
+    feed = _CountingFeed()
+    server = serve(feed, port=0, max_streams=9, write_timeout=3600)  # the stalled client stays for the whole test
     pipe = _LiveRun(run_model, feed)
-    block = 1.0
-    clients = None
-
-    def run_block(kind: str) -> dict:
-        t0 = time.monotonic()
-        clients.stdin.write(f"{server.port if kind == 'B' else 0} {block}\n")
-        clients.stdin.flush()
-        out = json.loads(clients.stdout.readline())
-        t1 = time.monotonic()
-        if kind == "B":
-            assert _wait(lambda: server.streams == 0 and server.connections == 0, 3.0), "clients not cleaned up"
-        else:
-            assert server.streams == 0 and feed.encodes == enc[-1], "the control block reached the edgeseg server"
-        enc.append(feed.encodes)
-        probe = pipe.probe
-        idx = [i for i, t in enumerate(probe.times) if t0 <= t < t1]
-        return {"kind": kind, "fps": len(idx) / (t1 - t0), "secs": t1 - t0, "frames": len(idx), "clients": out,
-                "cpu_ms": statistics.mean(probe.cpu_ms[i] for i in idx),
-                "publish_ms": statistics.median(probe.publish_ms[i] for i in idx)}
-
+    streams, stalled, rounds = [], None, 30
     try:
         pipe.start()
-        assert _wait(lambda: len(pipe.probe.times) > 5, 10.0)
-        # the stand-in sends what the server sends: the size of one streamed frame, at the stream's rate
-        jpeg_bytes = len(feed.wait_jpeg(0, 5.0)[1])
-        clients = subprocess.Popen(  # at nice +10: on a lab network the viewers are other machines
-            ["nice", "-n", "10", sys.executable, "-c", _CLIENTS, "8", f"--{BOUNDARY}\r\n", str(jpeg_bytes),
-             str(1 / feed.min_interval)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        enc = [feed.encodes]
-        run_block("A"), run_block("B")  # warm-up: first connections, first encodes, thread stacks
-        rss0, enc0 = _rss_mb(), feed.encodes
-        blocks = [run_block(k) for k in "ABBA" * 5]
-        rss1 = _rss_mb()
+        assert _wait(lambda: feed.frames > 5), "the run did not start"
+        stalled = _stall(server)
+        streams = [_open_stream(server, timeout=60) for _ in range(8)]
+        assert all(resp.status == 200 for _, resp in streams)
+        assert _wait(lambda: server.streams == 9)
+        sizes = []
+
+        def one_round():
+            for _, resp in streams:
+                sizes.append(len(_read_part(resp)))
+
+        stuck = None
+        while stuck is None or stuck.pending is None:  # until the stalled client's socket buffers are full
+            assert len(sizes) < 8 * 2000, "the stalled client never filled its buffers"
+            one_round()
+            stuck = _stream_client(server, stalled)
+        frames0, enc0, stuck_last, rss0 = feed.frames, feed.encodes, stuck.last, _rss_mb()
+        for _ in range(rounds):
+            one_round()
+        frames1, enc1, rss1 = feed.frames, feed.encodes, _rss_mb()
+        readers = [_stream_client(server, conn.stream_sock) for conn, _ in streams]
+        last_jpeg = _read_part(streams[0][1])
+        assert stuck.pending is not None and stuck.last == stuck_last and server.streams == 9
     finally:
-        if clients is not None:
-            clients.stdin.close()
-            clients.wait(10)
+        for conn, resp in streams:
+            resp.close()
+            conn.close()
+        if stalled is not None:
+            stalled.close()
+        cleaned = _wait(lambda: server.streams == 0 and server.connections == 0)
         pipe.close()
         server.shutdown()
-
-    pairs = [{b["kind"]: b for b in blocks[i : i + 2]} for i in range(0, len(blocks), 2)]
-    ratios = [p["B"]["fps"] / p["A"]["fps"] for p in pairs]
-    cpu_ratios = [p["A"]["cpu_ms"] / p["B"]["cpu_ms"] for p in pairs]
-    secs = {k: sum(b["secs"] for b in blocks if b["kind"] == k) for k in "AB"}
-    frames = {k: sum(b["frames"] for b in blocks if b["kind"] == k) for k in "AB"}
-    streamed = [c for b in blocks if b["kind"] == "B" for c in [b["clients"]]]
-    delivered = [sum(c["frames"][i] for c in streamed) for i in range(8)]
-    report = {
-        "fps_no_clients": round(frames["A"] / secs["A"], 1), "fps_8_clients": round(frames["B"] / secs["B"], 1),
-        "ratio_total": round(frames["B"] / secs["B"] / (frames["A"] / secs["A"]), 3),
-        "ratios": [round(r, 3) for r in ratios], "median_ratio": round(statistics.median(ratios), 3),
-        "median_cpu_ratio": round(statistics.median(cpu_ratios), 3),
-        "publish_ms_median_A_B": [round(_median_of(blocks, k, "publish_ms"), 3) for k in "AB"],
-        "jpeg_encodes": feed.encodes - enc0, "frames_with_clients": frames["B"], "delivered": delivered,
-        "rss_growth_mb": round(rss1 - rss0, 1),
-    }
+    report = {"frames": frames1 - frames0, "jpeg_encodes": enc1 - enc0, "deliveries": 8 * rounds,
+              "rss_growth_mb": round(rss1 - rss0, 1), "stalled_last": stuck_last,
+              "readers_last": [r.last for r in readers], "pending_bytes": len(stuck.pending)}
     print("\nload:", json.dumps(report))
-    # every reader got its 200 and frames in every block; the encode is shared (far fewer encodes than deliveries)
-    assert all(s.startswith("HTTP/1.0 200") for c in streamed for s in c["status"]), streamed
-    assert all(min(c["frames"]) >= 10 for c in streamed), streamed
-    assert report["jpeg_encodes"] <= min(frames["B"], sum(delivered) / 4), report
-    # the pipeline keeps its pace: FPS (median of 10 interleaved pairs), CPU per frame, publish() never waits
-    assert statistics.median(ratios) > 0.90, report
-    assert statistics.median(cpu_ratios) > 0.90, report
-    assert _median_of(blocks, "B", "publish_ms") < 1.0, report
+    assert cleaned, "the closed clients were not cleaned up"
+    # the loop kept going while the stalled client was stuck, and published every frame it made
+    assert frames1 > frames0 and pipe.result.summary["frames"] == feed.frames, report
+    # the stalled client: one partly sent frame, never a queue; it skipped every frame the readers got meanwhile
+    assert len(stuck.pending) < 2 * min(sizes) and all(r.last > stuck_last for r in readers), report
+    # one encode per frame for all clients: never the same frame twice, far fewer encodes than frames delivered
+    assert len(feed.encoded) == len(set(feed.encoded)) and len(feed.encoded) <= feed.frames
+    assert enc1 - enc0 <= 8 * rounds // 2, report
+    assert cv2.imdecode(np.frombuffer(last_jpeg, np.uint8), cv2.IMREAD_COLOR) is not None
     # memory stays flat with a stalled client (nothing is queued per client)
     assert rss1 - rss0 < 15, report
 
@@ -588,7 +543,7 @@ def _chromium() -> str | None:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if path := shutil.which(name):
             return path
-    return None  # `make test` installs Debian's chromium in its set-up where it can (tests download nothing)
+    return None  # `make browser` installs Debian's chromium (tests install and download nothing)
 
 
 class _CDP:
@@ -684,7 +639,7 @@ def test_headless_chromium_watches_edgeseg_run_on_the_shipped_clip(run_model, tm
     """A real browser on a real run: the page loads, the MJPEG image decodes, the count and FPS change."""
     exe = _chromium()
     if exe is None:
-        pytest.skip("no chromium: `make test` could not install it (needs root and apt); run apt-get install chromium")
+        pytest.skip("chromium not found: run `make browser`")
     proc, url = _start_run(run_model, tmp_path, "--token", "browser-test-token")
     browser = None
     try:
@@ -694,7 +649,7 @@ def test_headless_chromium_watches_edgeseg_run_on_the_shipped_clip(run_model, tm
                      {"width": 1100, "height": 720, "deviceScaleFactor": 1, "mobile": False}, page=True)
         browser.call("Page.navigate", {"url": url}, page=True)
         seen = []
-        end = time.monotonic() + 15
+        end = time.monotonic() + 120  # only stops a hang: the loop ends once the count and the FPS have changed
         while time.monotonic() < end:
             time.sleep(0.4)
             state = json.loads(browser.js(_READ_PAGE) or "{}")
