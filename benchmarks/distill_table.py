@@ -20,30 +20,33 @@ kept, so `--models NAME` re-scores one run and a plain run only fills in what is
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from common import (
+    DSB,
+    MONUSEG,
+    RESULTS,
+    find_run,
+    fmt,
+    markdown_table,
+    read_json,
+    split_info,
+    tuned_postprocess,
+    write_results,
+)
 
 from edgeseg.data import find_items, load_sample
-from edgeseg.evaluate import evaluate
-from edgeseg.fsutil import atomic_write_json, atomic_write_text
+from edgeseg.evaluate import evaluate_folder
+from edgeseg.fsutil import atomic_write_json
 from edgeseg.segmenter import Segmenter
-from edgeseg.split import select_items
 from edgeseg.train.predict import load_checkpoint, torch_predictor
 from edgeseg.zoo import resolve_model
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from publish_zoo import tuned_postprocess  # noqa: E402  (the zoo's own validation tuning)
-
-SHARED = HERE.parent.parent / "shared" / "data"
-DSB = SHARED / "dsb2018" / "stage1_train"
-MONUSEG = SHARED / "monuseg_train"
-OUT = HERE / "results" / "distill_table"
+OUT = RESULTS / "distill_table"
 MONUSEG_SCALE = 0.6  # the scale of the MoNuSeg training crops (benchmarks/gpu/pack_data.py)
 #: (student arch, run or zoo:NAME, role, label)
 ROWS = [
@@ -61,25 +64,15 @@ SHIPPED_RUN = {"fast_scnn": "paper_fast_scnn", "half_unet": "distill_half_unet_a
 TYPES = ("fluorescence", "stained", "brightfield")
 
 
-def find_run(name: str, roots: list[Path]) -> str:
-    if name.startswith("zoo:"):
-        return name[4:]
-    for root in roots:
-        if (root / name / "best.pt").exists():
-            return str(root / name)
-    raise SystemExit(f"error: run {name} not found under {', '.join(map(str, roots))}; pass --runs")
-
-
 def training_info(card: dict) -> dict:
     t = card.get("training") or {}
     return {k: t.get(k) for k in ("epochs_run", "best_epoch", "best_val_dice_at_0.5", "seconds_per_epoch")}
 
 
 def _scored(seg: Segmenter, root: Path) -> dict:
-    items, info = select_items(find_items(root), "test", where=str(root))
-    res = evaluate(seg, (load_sample(it) for it in items), progress=True, total=len(items), compare_cc=True)
+    res = evaluate_folder(seg, root, "test", progress=True, compare_cc=True)
     keep = ("name", "image_type", "dice_256", "dice", "f1_50", "map", "count_err", "tiled", "scale")
-    return {"split": info, "summary": res["summary"], "per_type": res["per_type"],
+    return {"split": split_info(res), "summary": res["summary"], "per_type": res["per_type"],
             "images": [{k: r[k] for k in keep} for r in res["images"]]}
 
 
@@ -100,7 +93,7 @@ def monuseg_at_training_scale(seg: Segmenter) -> dict:
 def score(spec: str, old: dict | None = None) -> dict:
     """Tune the post-processing on DSB val, then score on the DSB and MoNuSeg tests (missing parts of ``old``)."""
     ref = resolve_model(spec)
-    card = dict(ref.card)
+    card = ref.card.to_dict()
     predict = torch_predictor(load_checkpoint(ref.path, card))
     t0 = time.perf_counter()
     out = dict(old or {})
@@ -148,11 +141,24 @@ def verdicts(results: dict) -> dict:
     return out
 
 
-def _f(v, nd=3) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
-
-
 def table(results: dict, verdict: dict) -> str:
+    present = [(arch, name, role, label, results[name]) for arch, name, role, label in ROWS if name in results]
+    dsb_rows = []
+    for arch, name, role, label, r in present:
+        s, pt, tr = r["dsb"]["summary"], r["dsb"]["per_type"], r["training"]
+        dsb_rows.append([
+            arch, f"`{name}`: {label}", role, f"**{fmt(s['dice_256'], '.4f')}**",
+            *(fmt(pt.get(t, {}).get("dice_256")) for t in TYPES),
+            fmt(s["f1_50"]), fmt(s["map"]), f"{fmt(s['count_mae'], '.1f')} ({fmt(s['cc']['count_mae'], '.1f')})",
+            f"{tr.get('epochs_run') or '-'} ({tr.get('best_epoch') or '-'})", fmt(tr.get("seconds_per_epoch"), ".2f"),
+        ])
+    monuseg_rows = []
+    for arch, name, role, _, r in present:
+        m, m6 = r["monuseg"]["summary"], r["monuseg_06"]["summary"]
+        monuseg_rows.append([
+            arch, f"`{name}`", role, f"{m.get('n_tiled', '-')}/{m['n_images']}", fmt(m["dice"]), fmt(m["f1_50"]),
+            fmt(m["count_mae"], ".1f"), fmt(m6["dice"]), fmt(m6["f1_50"]), fmt(m6["count_mae"], ".1f"),
+        ])
     lines = [
         "# Knowledge distillation: MobileNetV2-UNet teaches Fast-SCNN and Half-UNet",
         "",
@@ -168,22 +174,8 @@ def table(results: dict, verdict: dict) -> str:
         "and count MAE at the original resolution with the model's post-processing (in brackets: plain "
         "connected components on the same probabilities).",
         "",
-        "| student | model | role | Dice@256 | fluorescence | stained | brightfield | F1@0.5 | mAP | count MAE (cc) "
-        "| epochs (best) | s/epoch, H100 shared by 4-6 runs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for arch, name, role, label in ROWS:
-        r = results.get(name)
-        if r is None:
-            continue
-        s, pt, tr = r["dsb"]["summary"], r["dsb"]["per_type"], r["training"]
-        lines.append(
-            f"| {arch} | `{name}`: {label} | {role} | **{_f(s['dice_256'], 4)}** | "
-            + " | ".join(_f(pt.get(t, {}).get("dice_256")) for t in TYPES)
-            + f" | {_f(s['f1_50'])} | {_f(s['map'])} | {_f(s['count_mae'], 1)} ({_f(s['cc']['count_mae'], 1)}) "
-            f"| {tr.get('epochs_run') or '-'} ({tr.get('best_epoch') or '-'}) | {_f(tr.get('seconds_per_epoch'), 2)} |"
-        )
-    lines += [
+        markdown_table(["student", "model", "role", "Dice@256", *TYPES, "F1@0.5", "mAP", "count MAE (cc)",
+                        "epochs (best)", "s/epoch, H100 shared by 4-6 runs"], dsb_rows),
         "",
         "## MoNuSeg H&E test tiles (4 tiles of 1000x1000 at 40x, 4 organs, never seen in training)",
         "",
@@ -192,25 +184,14 @@ def table(results: dict, verdict: dict) -> str:
         f"*at {MONUSEG_SCALE}*: tiles cut at the scale of the MoNuSeg training crops, as when the magnification "
         "is known. Dice, F1@0.5 and count MAE at the original resolution.",
         "",
-        "| student | model | role | tiled | Dice | F1@0.5 | count MAE "
-        f"| Dice at {MONUSEG_SCALE} | F1@0.5 at {MONUSEG_SCALE} | count MAE at {MONUSEG_SCALE} |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        markdown_table(["student", "model", "role", "tiled", "Dice", "F1@0.5", "count MAE", f"Dice at {MONUSEG_SCALE}",
+                        f"F1@0.5 at {MONUSEG_SCALE}", f"count MAE at {MONUSEG_SCALE}"], monuseg_rows),
     ]
-    for arch, name, role, _ in ROWS:
-        r = results.get(name)
-        if r is None:
-            continue
-        m, m6 = r["monuseg"]["summary"], r["monuseg_06"]["summary"]
-        lines.append(
-            f"| {arch} | `{name}` | {role} | {m.get('n_tiled', '-')}/{m['n_images']} | {_f(m['dice'])} "
-            f"| {_f(m['f1_50'])} | {_f(m['count_mae'], 1)} | {_f(m6['dice'])} | {_f(m6['f1_50'])} "
-            f"| {_f(m6['count_mae'], 1)} |"
-        )
     lines += ["", "## Decision (issue 8's rule)", ""]
     for arch, v in verdict.items():
         o = v["distilled_vs_zoo"]["overall"]
         k = v["distilled_vs_alpha0"]["overall"]
-        per = ", ".join(f"{t} {p['mean']:+.4f} ± {_f(p['se'], 4)} (n={p['n']})"
+        per = ", ".join(f"{t} {p['mean']:+.4f} ± {fmt(p['se'], '.4f')} (n={p['n']})"
                         for t, p in v["distilled_vs_zoo"]["per_type"].items())
         lines.append(
             f"* **{arch}**: distilled - shipped zoo model, test Dice@256 {o['mean']:+.4f} ± {o['se']:.4f} (paired "
@@ -226,8 +207,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", default=None,
                     help="re-score these runs from scratch; the others only where the .json lacks a part")
     a = ap.parse_args()
-    old = json.loads(OUT.with_suffix(".json").read_text()).get("models", {}) if OUT.with_suffix(".json").exists() \
-        else {}
+    old = read_json(OUT.with_suffix(".json"), {}).get("models", {})
     results = {}
     for arch, name, role, label in ROWS:
         keep = old.get(name) if a.models is None or name not in a.models else None
@@ -235,9 +215,7 @@ def main() -> None:
         results[name] = {"arch": arch, "role": role, "label": label, **score(find_run(name, a.runs), keep)}
         atomic_write_json(OUT.with_suffix(".json"), {"models": {**old, **results}})  # progress survives a stop
     verdict = verdicts(results)
-    atomic_write_json(OUT.with_suffix(".json"), {"models": results, "decision": verdict})
-    atomic_write_text(OUT.with_suffix(".md"), table(results, verdict))
-    print(table(results, verdict))
+    write_results(OUT, {"models": results, "decision": verdict}, table(results, verdict))
 
 
 if __name__ == "__main__":

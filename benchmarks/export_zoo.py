@@ -22,9 +22,7 @@ benchmarks/results/export_table.md is rebuilt from it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -32,18 +30,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import DSB, RESULTS, cpu_name, load_average, markdown_table, read_json
 
 from edgeseg.card import card_path, library_versions, read_card
-from edgeseg.data import find_items, load_sample
-from edgeseg.evaluate import evaluate
-from edgeseg.export.pipeline import export_model
+from edgeseg.evaluate import evaluate_folder
+from edgeseg.export.pipeline import ExportSpec, export_model
 from edgeseg.fsutil import atomic_write_json, atomic_write_text
-from edgeseg.split import select_items
-from edgeseg.zoo import ZOO_DIR, resolve_model
+from edgeseg.segmenter import Segmenter
+from edgeseg.zoo import ZOO_DIR, Zoo, resolve_model
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "dsb2018" / "stage1_train"
 NETWORKS = ("half_unet", "mobilenetv2_unet", "fast_scnn", "fast_scnn_he")
 VARIANTS = (("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "int8"))
 SHIP_FP32_BELOW = 20e6  # bytes: no file over 20 MB in the repository
@@ -52,13 +47,9 @@ TIMING_ROUNDS, TIMING_ITERATIONS = 3, 40
 
 def torch_reference(name: str, data: Path) -> dict:
     """PyTorch FP32 test-split scores of the zoo checkpoint, through the same Segmenter path as `edgeseg eval`."""
-    from edgeseg.train.predict import torch_segmenter
-
-    ref = resolve_model(name)
-    seg = torch_segmenter(ref)
-    items, info = select_items(find_items(data), "test", where=str(data))
-    result = evaluate(seg, (load_sample(it) for it in items), total=len(items))
-    return {"test": {**info, **result["summary"]}, "seg": seg, "file": ref.path}
+    seg = Segmenter.load(name)
+    result = evaluate_folder(seg, data, "test")
+    return {"test": {**result["info"], **result["summary"]}, "seg": seg, "file": resolve_model(name).path}
 
 
 def model_only_timings(predictors: dict, rounds: int = TIMING_ROUNDS, iterations: int = TIMING_ITERATIONS) -> dict:
@@ -74,20 +65,18 @@ def model_only_timings(predictors: dict, rounds: int = TIMING_ROUNDS, iterations
 
 
 def export_network(name: str, data: Path, calib_size: int, max_drop: float, stage: Path) -> dict:
-    from edgeseg.segmenter import Segmenter
-
     t0 = time.time()
     print(f"== {name}: PyTorch FP32 reference on the test split", flush=True)
     torch_ref = torch_reference(name, data)
     rows = []
     for fmt, precision in VARIANTS:
         print(f"== {name}: {fmt} {precision}", flush=True)
-        report = export_model(
+        spec = ExportSpec(
             name, fmt, precision, out_dir=stage, calib_data=data, calib_size=calib_size, max_dice_drop=max_drop,
             test_data=data, command=f"python benchmarks/export_zoo.py --models {name}",
-            log=lambda msg: print("   " + msg, flush=True),
         )
-        card = read_card(report["path"])
+        report = export_model(spec, progress=lambda line: print("   " + line, flush=True))
+        card = read_card(report["path"]).to_dict()  # the written card, as the table reports it
         rows.append({"format": fmt, "precision": precision, "report": report, "card": card})
     print(f"== {name}: model-only timing", flush=True)
     segs = {"torch/fp32": torch_ref["seg"]}
@@ -95,8 +84,7 @@ def export_network(name: str, data: Path, calib_size: int, max_drop: float, stag
         segs[f"{r['format']}/{r['precision']}"] = Segmenter.load(r["report"]["path"], verify=False)
     timings = model_only_timings({k: s.predict for k, s in segs.items()})
     for s in segs.values():
-        if hasattr(s, "backend"):
-            s.backend.close()
+        s.close()
     by_key = {f"{r['format']}/{r['precision']}": r for r in rows}
     ov_faster = timings["openvino/int8"] < timings["onnx/int8"]
     ship = {"onnx/int8": True, "onnx/fp32": by_key["onnx/fp32"]["report"]["size_bytes"] < SHIP_FP32_BELOW,
@@ -135,13 +123,11 @@ def export_network(name: str, data: Path, calib_size: int, max_drop: float, stag
 
 def publish(name: str, paths: dict[str, str]) -> None:
     """Replace this network's exported files in edge/zoo/ with ``paths`` (model, weights, card)."""
-    for cp in ZOO_DIR.glob("*.card.json"):  # this network's earlier exports (found by their cards)
-        card = json.loads(cp.read_text())
-        if card.get("format") in ("onnx", "openvino") and (card.get("source") or {}).get("name") == name:
-            for f in (card.get("file"), card.get("weights_file")):
-                if f:
-                    (ZOO_DIR / f).unlink(missing_ok=True)
-            cp.unlink()
+    for ref in Zoo().variants(name):  # this network's earlier exports (found by their cards)
+        for f in (ref.card.file, ref.card.weights_file):
+            if f:
+                (ZOO_DIR / f).unlink(missing_ok=True)
+        card_path(ref.path).unlink()
     for path in map(Path, paths.values()):
         files = [path.with_suffix(".bin")] if path.suffix == ".xml" else []
         for f in [*files, path, card_path(path)]:
@@ -153,10 +139,8 @@ def publish(name: str, paths: dict[str, str]) -> None:
 def machine() -> dict:
     from edgeseg.export.pipeline import _executed_on
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "features": _executed_on(), "cores": len(os.sched_getaffinity(0)),
-            "load_average_at_start": [round(v, 2) for v in os.getloadavg()], "versions": library_versions()}
+    return {"cpu": cpu_name(), "features": _executed_on(), "cores": len(os.sched_getaffinity(0)),
+            "load_average_at_start": load_average(), "versions": library_versions()}
 
 
 def write_markdown(results: dict) -> str:
@@ -172,22 +156,18 @@ def write_markdown(results: dict) -> str:
         "median of per-call times over interleaved rounds, all cores of this machine; **the 2-core machine was "
         "shared with other jobs while measuring, so absolute times are noisy; compare within a network only**.",
         "",
-        "| network | variant | file | in zoo | size (MB) | test Dice@256 | drop vs PyTorch | guard (val drop) "
-        "| executed | latency p50 (ms) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        markdown_table(
+            ["network", "variant", "file", "in zoo", "size (MB)", "test Dice@256", "drop vs PyTorch",
+             "guard (val drop)", "executed", "latency p50 (ms)"],
+            [[name, r["variant"], r["file"], "yes" if r["in_zoo"] else "no", f"{r['size_bytes'] / 1e6:.2f}",
+              f"{r['test_dice_256']:.4f}", f"{r['dice_drop_vs_torch']:+.4f}",
+              f"{r['guard_strategy']} ({r['val_dice_drop']:+.4f})" if r.get("guard_strategy") else "-",
+              r["executed_precision"], f"{r['latency_ms_p50']:.2f}"]
+             for name in NETWORKS for r in (results["networks"].get(name) or {}).get("rows", [])]),
+        "",
+        "Notes:",
+        "",
     ]
-    for name in NETWORKS:
-        res = results["networks"].get(name)
-        if not res:
-            continue
-        for r in res["rows"]:
-            guard = f"{r['guard_strategy']} ({r['val_dice_drop']:+.4f})" if r.get("guard_strategy") else "-"
-            lines.append(
-                f"| {name} | {r['variant']} | {r['file']} | {'yes' if r['in_zoo'] else 'no'} "
-                f"| {r['size_bytes'] / 1e6:.2f} | {r['test_dice_256']:.4f} | {r['dice_drop_vs_torch']:+.4f} "
-                f"| {guard} | {r['executed_precision']} | {r['latency_ms_p50']:.2f} |"
-            )
-    lines += ["", "Notes:", ""]
     for name in NETWORKS:
         res = results["networks"].get(name)
         if not res:
@@ -223,12 +203,12 @@ def write_markdown(results: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=list(NETWORKS), choices=NETWORKS)
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="DSB2018 stage1_train (canonical split)")
+    ap.add_argument("--data", type=Path, default=DSB, help="DSB2018 stage1_train (canonical split)")
     ap.add_argument("--calib-size", type=int, default=100)
     ap.add_argument("--max-dice-drop", type=float, default=0.005)
     args = ap.parse_args(argv)
     json_path = RESULTS / "export_table.json"
-    results = json.loads(json_path.read_text()) if json_path.exists() else {"networks": {}}
+    results = read_json(json_path, {"networks": {}})
     results["machine"] = machine()
     for name in args.models:
         with tempfile.TemporaryDirectory(prefix=f"export-{name}-") as stage:

@@ -19,31 +19,31 @@ Writes benchmarks/results/instance_table.md and .json (with the machine it ran o
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from common import (
+    DSB,
+    RESULTS,
+    machine_line,
+    markdown_table,
+    read_json,
+    split_samples,
+    tuned_postprocess,
+    write_results,
+)
 
 from edgeseg.backends import open_backend
-from edgeseg.data import find_items, load_sample
 from edgeseg.device.bench import time_predictor
 from edgeseg.device.hardware import hardware_report
 from edgeseg.evaluate import evaluate
 from edgeseg.export.onnx import torch_to_onnx
-from edgeseg.fsutil import atomic_write_json, atomic_write_text
 from edgeseg.postprocess import PostprocessConfig, postprocess
 from edgeseg.segmenter import Segmenter
-from edgeseg.split import select_items
 from edgeseg.train.predict import load_checkpoint, torch_predictor
 from edgeseg.zoo import resolve_model
-
-HERE = Path(__file__).resolve().parent
-DSB = HERE.parent.parent / "shared" / "data" / "dsb2018" / "stage1_train"
-sys.path.insert(0, str(HERE))
-from publish_zoo import tuned_postprocess  # noqa: E402  (the zoo's own validation tuning)
 
 NETWORKS = ("half_unet", "mobilenetv2_unet", "fast_scnn")
 
@@ -55,9 +55,10 @@ def model_fps(runs: list[str], threads: int, rounds: int = 3) -> dict[str, dict]
         backends = {}
         for i, run in enumerate(runs):
             ref = resolve_model(run)
-            path = torch_to_onnx(load_checkpoint(ref.path, ref.card).float(), ref.card, Path(tmp) / f"m{i}.onnx")
+            path = torch_to_onnx(load_checkpoint(ref.path, ref.card).float(), ref.card.to_dict(),
+                                 Path(tmp) / f"m{i}.onnx")
             backends[run] = (open_backend(path, "onnxruntime", threads=threads),
-                             np.zeros((1, 3, *ref.card["input_size"]), np.float32))
+                             np.zeros((1, 3, *ref.card.input_size), np.float32))
         timings = {run: [] for run in runs}
         for _ in range(rounds):
             for run, (backend, x) in backends.items():
@@ -67,8 +68,9 @@ def model_fps(runs: list[str], threads: int, rounds: int = 3) -> dict[str, dict]
 
 
 def score(run: str, samples: list) -> dict:
+    """Accuracy of one run on ``samples`` (loaded once for every run: the post-processing is timed on them too)."""
     ref = resolve_model(run)
-    card = dict(ref.card)
+    card = ref.card.to_dict()
     predict = torch_predictor(load_checkpoint(ref.path, card))
     card["postprocess"] = tuned_postprocess(predict, card, DSB)  # as for the zoo: chosen on validation by mAP
     seg = Segmenter(predict, card, name=ref.name)
@@ -93,12 +95,22 @@ def score(run: str, samples: list) -> dict:
         "per_type": res["per_type"],
         "postprocess_ms": float(np.mean(own_ms)),
         "cc_postprocess_ms": float(np.mean(cc_ms)),
-        "card_sha256": ref.card.get("sha256"),
+        "card_sha256": ref.card.sha256,
     }
 
 
 def table(rows: list[dict], hardware: dict) -> str:
-    cpu = hardware.get("cpu", {}).get("model", "?")
+    cells = []
+    for r in rows:
+        s, c = r["summary"], r["summary"]["cc"]
+        ratio = c["count_mae"] / s["count_mae"] if s["count_mae"] else float("inf")
+        cells.append([
+            r["arch"], r["head"], f"{r['recipe'] or ''}{' (distilled)' if r['teacher'] else ''}", f"{r['params']:,}",
+            f"{s['dice']:.3f}", f"{s['f1_50']:.3f} / {c['f1_50']:.3f}", f"{s['map']:.3f} / {c['map']:.3f}",
+            f"{s['count_mae']:.1f} / {c['count_mae']:.1f}", f"{ratio:.1f}x", f"{r['model_only']['fps']:.0f}",
+            f"{r['postprocess_ms']:.1f}",
+        ])
+    where = machine_line(hardware.get("cpu", {}).get("model"), rows[0]["threads"] if rows else "?")
     lines = [
         "# Binary head vs instance head (DSB2018 canonical test split, 68 images)",
         "",
@@ -107,24 +119,14 @@ def table(rows: list[dict], hardware: dict) -> str:
         "`benchmarks/gpu/train_distill.sh`). Post-processing of every run chosen on the validation split by mAP, as",
         "for the zoo; scored as `edgeseg eval` scores (default scale policy). \"own\" = that post-processing;",
         "\"cc\" = plain connected components on the same probabilities. FPS: model only, FP32 ONNX on ONNX Runtime,",
-        f"{rows[0]['threads'] if rows else '?'} threads, median of 3 rounds interleaved over all rows, on {cpu}",
+        f"median of 3 rounds interleaved over all rows, on {where}",
         "(a shared 2-core machine: compare ratios, not absolute numbers). The binary models are the paper recipe,",
         "the instance models ours / ours-light (community-fixed masks, MoNuSeg mixed in, heavier or lighter",
         "augmentation, boundary output): the head is not the only difference, see benchmarks/README.md.",
         "",
-        "| network | head | recipe | params | Dice | F1@0.5 own / cc | mAP own / cc | count MAE own / cc "
-        "| MAE cc/own | FPS | post ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        markdown_table(["network", "head", "recipe", "params", "Dice", "F1@0.5 own / cc", "mAP own / cc",
+                        "count MAE own / cc", "MAE cc/own", "FPS", "post ms"], cells),
     ]
-    for r in rows:
-        s, c = r["summary"], r["summary"]["cc"]
-        ratio = c["count_mae"] / s["count_mae"] if s["count_mae"] else float("inf")
-        lines.append(
-            f"| {r['arch']} | {r['head']} | {r['recipe'] or ''}{' (distilled)' if r['teacher'] else ''} "
-            f"| {r['params']:,} | {s['dice']:.3f} | {s['f1_50']:.3f} / {c['f1_50']:.3f} | {s['map']:.3f} / "
-            f"{c['map']:.3f} | {s['count_mae']:.1f} / {c['count_mae']:.1f} | {ratio:.1f}x "
-            f"| {r['model_only']['fps']:.0f} | {r['postprocess_ms']:.1f} |"
-        )
     return "\n".join(lines) + "\n"
 
 
@@ -133,21 +135,20 @@ def main() -> None:
     ap.add_argument("--runs", default="runs/gpu1", help="Folder with paper_NET and ours_NET training runs.")
     ap.add_argument("--extra", nargs="*", default=[], help="More run folders or zoo names (e.g. distilled).")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=str(HERE / "results" / "instance_table"))
+    ap.add_argument("--out", default=str(RESULTS / "instance_table"))
     ap.add_argument("--reuse", action="store_true", help="Reuse the accuracy of runs already in --out's JSON "
                     "(same checkpoint sha256); FPS is always measured anew.")
     args = ap.parse_args()
-    items, _ = select_items(find_items(DSB), "test", where=str(DSB))
-    samples = [load_sample(it) for it in items]
+    samples = split_samples(DSB, "test")
     runs = [str(Path(args.runs) / f"{recipe}_{net}") for net in NETWORKS for recipe in ("paper", "ours")]
     out = Path(args.out)
     old = {}
-    if args.reuse and out.with_suffix(".json").exists():  # keep the accuracy of unchanged checkpoints
-        old = {r["run"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    if args.reuse:  # keep the accuracy of unchanged checkpoints
+        old = {r["run"]: r for r in read_json(out.with_suffix(".json"), {"rows": []})["rows"]}
     rows = []
     for run in runs + list(args.extra):
         prev = old.get(run)
-        if prev and prev.get("card_sha256") == resolve_model(run).card.get("sha256"):
+        if prev and prev.get("card_sha256") == resolve_model(run).card.sha256:
             row = prev
         else:
             row = score(run, samples)
@@ -157,9 +158,7 @@ def main() -> None:
     for row in rows:
         row["model_only"], row["threads"] = fps[row["run"]], args.threads
     hw = hardware_report()
-    atomic_write_json(out.with_suffix(".json"), {"hardware": hw, "rows": rows})
-    atomic_write_text(out.with_suffix(".md"), table(rows, hw))
-    print(table(rows, hw))
+    write_results(out, {"hardware": hw, "rows": rows}, table(rows, hw))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import csv
 import random
 from pathlib import Path
 
+from common import DSB, MONUSEG
+
 from edgeseg.data import find_items, image_type, read_image
 from edgeseg.fsutil import atomic_write_json
 from edgeseg.preprocess import to_rgb8
@@ -66,8 +68,8 @@ def monuseg_split(root: Path, seed: int = 0) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dsb", type=Path, default=Path("../shared/data/dsb2018/stage1_train"))
-    ap.add_argument("--monuseg", type=Path, default=Path("../shared/data/monuseg_train"))
+    ap.add_argument("--dsb", type=Path, default=DSB)
+    ap.add_argument("--monuseg", type=Path, default=MONUSEG)
     a = ap.parse_args()
     for name, fn, root in (
         ("dsb2018_stage1_train", dsb_split, a.dsb),

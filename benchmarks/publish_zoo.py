@@ -17,12 +17,11 @@ import json
 from pathlib import Path
 
 import torch
+from common import DSB, find_run, split_info, tuned_postprocess
 
 from edgeseg.card import library_versions, read_card, write_card
-from edgeseg.data import find_items, load_sample
-from edgeseg.evaluate import choose_postprocess, evaluate, postprocess_candidates
+from edgeseg.evaluate import as_segmenter, evaluate_folder
 from edgeseg.postprocess import PostprocessConfig
-from edgeseg.split import select_items
 from edgeseg.train.predict import load_checkpoint, torch_predictor
 from edgeseg.train.trainer import TrainConfig, load_sources, nucleus_diameters
 from edgeseg.zoo import ZOO_DIR
@@ -47,25 +46,12 @@ LICENCES = {
 }
 
 
-def split_samples(dsb: Path, part: str):
-    return select_items(find_items(dsb), part)
-
-
-def tuned_postprocess(predict, card: dict, dsb: Path) -> dict:
-    """Choose the post-processing (method and parameters) on the validation split by DSB mAP."""
-    items, _ = split_samples(dsb, "val")
-    best, _ = choose_postprocess(
-        predict, [load_sample(it) for it in items], postprocess_candidates(card["out_channels"], card["threshold"]),
-        size=card["input_size"][0], normalisation=card["normalisation"])
-    return best.to_dict()
-
-
 def test_metrics(predict, card: dict, dsb: Path) -> dict:
-    items, info = split_samples(dsb, "test")
-    post = PostprocessConfig.from_dict(card["postprocess"])
-    res = evaluate(predict, (load_sample(it) for it in items), size=card["input_size"][0],
-                   normalisation=card["normalisation"], post=post, progress=True, total=len(items))
-    return {**info, **res["summary"], "per_type": res["per_type"]}
+    """The card's test metrics: the paper's protocol (every image resized whole to the input size, no tiling)."""
+    seg = as_segmenter(predict, size=card["input_size"][0], normalisation=card["normalisation"],
+                       post=PostprocessConfig.from_dict(card["postprocess"]))
+    res = evaluate_folder(seg, dsb, "test", progress=True)
+    return {**split_info(res), **res["summary"], "per_type": res["per_type"]}
 
 
 def licence(card: dict) -> str:
@@ -107,15 +93,8 @@ def cpu_description(card: dict) -> str:
             f"{card['recipe']['precision']}, {t['epochs_run']} epochs at {t['seconds_per_epoch']} s")
 
 
-def find_run(name: str, roots: list[Path]) -> Path:
-    for root in roots:
-        if (root / name / "best.pt").exists():
-            return root / name
-    raise SystemExit(f"error: run {name} not found under {', '.join(map(str, roots))}")
-
-
 def publish(name: str, run: Path, half: bool, dsb: Path) -> dict:
-    card = read_card(run / "best.pt")
+    card = read_card(run / "best.pt").to_dict()  # the published card, being built
     state = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
     if half:
         state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
@@ -152,7 +131,7 @@ def publish(name: str, run: Path, half: bool, dsb: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=Path, nargs="+", default=[Path("runs/gpu1")], help="folders holding the runs")
-    ap.add_argument("--dsb", type=Path, default=Path("../shared/data/dsb2018/stage1_train"))
+    ap.add_argument("--dsb", type=Path, default=DSB)
     ap.add_argument("--only", nargs="+", choices=sorted(SHIPPED), default=None, help="publish these networks only")
     ap.add_argument("--ship", nargs="+", default=[], metavar="NAME=RUN", help="ship another run than SHIPPED's")
     a = ap.parse_args()
@@ -165,7 +144,7 @@ def main() -> None:
     for name, (run, half) in shipped.items():
         if a.only and name not in a.only:
             continue
-        card = publish(name, find_run(run, a.runs), half, a.dsb)
+        card = publish(name, Path(find_run(run, a.runs)), half, a.dsb)
         t = card["metrics"]["test"]
         print(json.dumps({"name": name, "recipe": card["recipe"]["name"], "dice_256": round(t["dice_256"], 4)}))
 

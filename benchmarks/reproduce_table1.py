@@ -19,12 +19,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from common import HERE, RESULTS, machine_line, markdown_table, write_results  # noqa: E402
 
 from edgeseg.device.bench import PAPER_TABLE1  # noqa: E402
-from edgeseg.fsutil import atomic_write_json, atomic_write_text  # noqa: E402
 from edgeseg.zoo import zoo_entries  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
 PAPER = {net: {**p, "time5": p["time5_s"]} for net, p in PAPER_TABLE1.items()}  # the paper's Table 1 (i9, PyTorch)
 
 
@@ -62,22 +61,17 @@ def curves(arch: str, runs: dict[str, dict]) -> Path:
 
 
 def main() -> None:
-    cpu = json.loads((HERE / "results" / "cpu_epoch_times.json").read_text())
+    cpu = json.loads((RESULTS / "cpu_epoch_times.json").read_text())
     cpu_t = {(r["model"], r["precision"]): r["seconds_per_5_epochs"] for r in cpu["rows"]}
     shipped = {r.name: r.card for r in zoo_entries() if r.format == "torch"}
-    rows, lines = [], []
-    lines.append(
-        "| Model | Params paper | Params ours | Dice paper | Dice ours, paper recipe | Dice ours, our recipe "
-        "| shipped | Time/5 ep. paper (i9) | Time/5 ep. ours, this CPU fp32 | bf16 | H100 |"
-    )
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    rows, side_by_side = [], []
     for arch, p in PAPER.items():
         runs = {"paper": load_run(f"paper_{arch}"), "ours": load_run(f"ours_{arch}")}
         curves(arch, runs)
         dp, do = runs["paper"]["test"]["dice_256"], runs["ours"]["test"]["dice_256"]
         params = runs["paper"]["card"]["params"]
         gpu5 = runs["paper"]["summary"]["time_per_5_epochs_s"]
-        ship = shipped.get(arch, {}).get("recipe", {}).get("name", "-")
+        ship = (shipped[arch].extra.get("recipe") or {}).get("name", "-") if arch in shipped else "-"
         row = {
             "model": arch,
             "params": params,
@@ -91,56 +85,45 @@ def main() -> None:
             "test": {k: runs[k]["test"] for k in runs},
         }
         rows.append(row)
-        lines.append(
-            f"| {p['label']} | {p['params_m']:.3f} M | {params / 1e6:.3f} M | {p['dice']:.4f} | {dp:.4f} | "
-            f"{do:.4f} | {ship} | {p['time5']:.1f} s | {row['time5_cpu_fp32']} s | "
-            f"{row['time5_cpu_bf16']} s | {gpu5} s |"
-        )
-    lines += [
+        side_by_side.append([
+            p["label"], f"{p['params_m']:.3f} M", f"{params / 1e6:.3f} M", f"{p['dice']:.4f}", f"{dp:.4f}",
+            f"{do:.4f}", ship, f"{p['time5']:.1f} s", f"{row['time5_cpu_fp32']} s", f"{row['time5_cpu_bf16']} s",
+            f"{gpu5} s",
+        ])
+    test_rows = [
+        [row["model"], recipe, f"{t['dice_256']:.4f}", f"{t['dice']:.4f}", f"{t['iou']:.4f}", f"{t['map']:.4f}",
+         f"{t['f1_50']:.4f}", f"{t['count_mae']:.2f}",
+         *(f"{t['per_type'][k]['dice_256']:.4f} (n={t['per_type'][k]['n_images']})"
+           for k in ("fluorescence", "brightfield", "stained"))]
+        for row in rows for recipe, t in row["test"].items()
+    ]
+    zoo_rows = []
+    for arch, c in ((a, shipped.get(a)) for a in PAPER):
+        if c:
+            t = c.metrics["test"]
+            zoo_rows.append([arch, c.extra["recipe"]["name"], c.post_config().method, f"{t['dice_256']:.4f}",
+                             f"{t['map']:.4f}", f"{t['f1_50']:.4f}", f"{t['count_mae']:.2f}"])
+    lines = [
+        markdown_table(["Model", "Params paper", "Params ours", "Dice paper", "Dice ours, paper recipe",
+                        "Dice ours, our recipe", "shipped", "Time/5 ep. paper (i9)", "Time/5 ep. ours, this CPU fp32",
+                        "bf16", "H100"], side_by_side),
         "",
         "Test split of the canonical DSB2018 split (68 images), per-image mean Dice at 256x256 (the paper's "
         "figure). Other metrics at the original resolution, with each run's untuned post-processing (connected "
         "components for the binary runs, default watershed for the boundary-head runs):",
         "",
-        "| Model | recipe | Dice@256 | Dice | IoU | mAP@0.5:0.95 | F1@0.5 | count MAE | fluorescence | "
-        "brightfield | stained |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        for recipe, t in row["test"].items():
-            pt = t["per_type"]
-            lines.append(
-                f"| {row['model']} | {recipe} | {t['dice_256']:.4f} | {t['dice']:.4f} | {t['iou']:.4f} | "
-                f"{t['map']:.4f} | {t['f1_50']:.4f} | {t['count_mae']:.2f} | "
-                + " | ".join(
-                    f"{pt[k]['dice_256']:.4f} (n={pt[k]['n_images']})"
-                    for k in ("fluorescence", "brightfield", "stained")
-                )
-                + " |"
-            )
-    lines += [
+        markdown_table(["Model", "recipe", "Dice@256", "Dice", "IoU", "mAP@0.5:0.95", "F1@0.5", "count MAE",
+                        "fluorescence", "brightfield", "stained"], test_rows),
         "",
         "The shipped zoo (edge/zoo/*.card.json), post-processing chosen on the validation split:",
         "",
-        "| Model | recipe | post-processing | Dice@256 | mAP@0.5:0.95 | F1@0.5 | count MAE |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for arch in PAPER:
-        c = shipped.get(arch)
-        if c:
-            t, pp = c["metrics"]["test"], c["postprocess"]
-            lines.append(
-                f"| {arch} | {c['recipe']['name']} | {pp['method']} | {t['dice_256']:.4f} | {t['map']:.4f} | "
-                f"{t['f1_50']:.4f} | {t['count_mae']:.2f} |"
-            )
-    lines += [
+        markdown_table(["Model", "recipe", "post-processing", "Dice@256", "mAP@0.5:0.95", "F1@0.5", "count MAE"],
+                       zoo_rows),
         "",
-        f"CPU times: {cpu['machine']['cpu']}, {cpu['machine']['threads']} threads ({cpu['method']}). "
+        f"CPU times: {machine_line(cpu['machine']['cpu'], cpu['machine']['threads'])} ({cpu['method']}). "
         "H100 times: the lent GPU box, six runs sharing it (benchmarks/gpu/train_zoo.sh).",
     ]
-    atomic_write_text(HERE / "results" / "table1.md", "\n".join(lines) + "\n")
-    atomic_write_json(HERE / "results" / "table1.json", rows)
-    print("\n".join(lines))
+    write_results(RESULTS / "table1", rows, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

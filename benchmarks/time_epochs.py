@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 from pathlib import Path
+
+from common import DSB, RESULTS, cpu_name
 
 from edgeseg.fsutil import atomic_write_json
 from edgeseg.train.trainer import TrainConfig, Trainer
@@ -20,17 +21,10 @@ from edgeseg.train.trainer import TrainConfig, Trainer
 N_TRAIN = 534
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="../shared/data/dsb2018/stage1_train")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu_epoch_times.json"))
+    ap.add_argument("--data", default=str(DSB))
+    ap.add_argument("--out", type=Path, default=RESULTS / "cpu_epoch_times.json")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     rows = []

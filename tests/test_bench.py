@@ -18,9 +18,11 @@ from edgeseg.device.bench import (
     csv_text,
     plan,
     recommend,
+    report_text,
     run_bench,
     time_predictor,
 )
+from edgeseg.device.runlog import STAGES
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
@@ -165,6 +167,23 @@ def test_e2e_runs_the_run_pipeline_and_reports_its_stages(zoo):
     e2e = result["rows"][0]["e2e"]
     assert e2e["frames"] == 3 and e2e["fps"] > 0
     assert {"capture", "preprocess", "inference", "postprocess", "render"} <= set(e2e["stages_ms"])
+    # the profile: the given source and 640x480, headless and recording, sequential and pipelined
+    runs = e2e["runs"]
+    assert [(tuple(r["size"]), r["record"], r["pipeline"]) for r in runs] == [
+        (size, rec, pipe) for size in ((320, 240), (640, 480)) for rec in (False, True) for pipe in (False, True)]
+    row = result["rows"][0]
+    for r in runs:
+        assert r["frames"] == 3 and r["fps"] > 0 and r["megapixels"] == pytest.approx(r["size"][0] * r["size"][1] / 1e6)
+        assert set(r["stages_ms_per_mp"]) == set(STAGES)
+        assert r["stages_ms_per_mp"]["inference"] == pytest.approx(r["stages_ms"]["inference"] / r["megapixels"],
+                                                                   rel=1e-3, abs=1e-3)
+        assert r["inferences_per_s"] == pytest.approx(r["fps"] * r["tiles_mean"], rel=1e-3)
+        assert r["gflops_per_s"] == pytest.approx(row["gflops"] * r["inferences_per_s"], rel=1e-3, abs=1e-4)
+        assert 0.0 <= r["outside_share"] <= 1.0 and r["vs_model"] > 0 and r["model_fps"] == row["fps"]
+        assert (r["recording_dropped"] == 0) if r["record"] else r["recording_dropped"] is None
+    assert e2e["pipeline"] is True and e2e["fps"] == runs[1]["fps"]  # the headline: the default loop, headless
+    text = report_text(result)
+    assert "end to end" in text and "640x480" in text and "ms/MP" in text
 
 
 @pytest.mark.skipif(not HAS_MPL, reason="matplotlib is not installed")
@@ -228,15 +247,20 @@ def test_sigint_prints_and_writes_the_rows_so_far(zoo, tmp_path):
          "onnxruntime", "--precisions", "fp16,fp32", "--threads", "1", "--iterations", "100000000",
          "--json", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    seen = ""
-    while time.time() < deadline and "disc-fp32 onnxruntime 1" not in seen:  # the fp32 row has begun
-        seen += proc.stderr.read(1) or ""
-        if proc.poll() is not None:
-            break
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    stdout, _ = proc.communicate(timeout=60)
+    try:
+        deadline = time.time() + 60
+        seen = ""
+        while time.time() < deadline and "disc-fp32 onnxruntime 1" not in seen:  # the fp32 row has begun
+            seen += proc.stderr.read(1) or ""
+            if proc.poll() is not None:
+                break
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # a failed test must not leave a 100-million-iteration bench behind
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130
     assert "interrupted: 1 row(s) measured" in stdout and "no fp16 ONNX file" in stdout
     data = json.loads(out.read_text())
