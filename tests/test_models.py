@@ -1,4 +1,5 @@
-"""The three segmentation networks: shapes, parameter counts, encoder weights, export."""
+"""The segmentation networks (the paper's three and the real-time candidates): shapes, parameter counts, encoder
+weights, export."""
 
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ from edgeseg.train.models import (  # noqa: E402
 
 WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared/weights/mobilenet_v2_imagenet_features.pth"
 PAPER_ORDER = ["half_unet", "mobilenetv2_unet", "fast_scnn"]
+# the real-time candidates of the "real-time and right" issue, registered after the paper's networks
+CANDIDATES = ["shuffle_unet", "lite_unet", "lraspp_lite", "mobilenetv2_unet_s"]
+ALL_MODELS = PAPER_ORDER + CANDIDATES
 
 # name -> (paper's Table 1 count, tolerance, exact count of this implementation)
 PARAMS = {
@@ -33,8 +37,16 @@ PARAMS = {
     "mobilenetv2_unet": (6.629e6, 0.01, 6_628_817),
     "fast_scnn": (0.154e6, 0.10, 152_881),
 }
+# name -> exact count of the candidates (no paper figure to match), and what each extra output channel adds
+CANDIDATE_PARAMS = {
+    "shuffle_unet": (194_096, 272),  # pixel-shuffle head: 16 filters (16 weights + bias) per output channel
+    "lite_unet": (192_809, 9),
+    "lraspp_lite": (161_659, 107),  # three 1x1 classifiers: 64 + 24 + 16 weights + 3 biases
+    "mobilenetv2_unet_s": (262_465, 9),
+}
 # GFLOPs (2 x MACs) at 1x3x256x256, measured when the networks were written
-GFLOPS_256 = {"half_unet": 0.6435, "mobilenetv2_unet": 6.673, "fast_scnn": 0.06399}
+GFLOPS_256 = {"half_unet": 0.6435, "mobilenetv2_unet": 6.673, "fast_scnn": 0.06399,
+              "shuffle_unet": 0.09300, "lite_unet": 0.09018, "lraspp_lite": 0.1094, "mobilenetv2_unet_s": 0.1619}
 
 
 @pytest.fixture(autouse=True)
@@ -42,17 +54,17 @@ def _seed():
     torch.manual_seed(0)
 
 
-def test_registry_lists_the_three_paper_networks_in_paper_order():
-    assert list_models() == PAPER_ORDER
+def test_registry_lists_the_three_paper_networks_in_paper_order_then_the_candidates():
+    assert list_models() == ALL_MODELS
 
 
 def test_every_model_has_a_one_line_description():
-    for name in PAPER_ORDER:
+    for name in ALL_MODELS:
         assert MODEL_INFO[name] and "\n" not in MODEL_INFO[name]
 
 
 @pytest.mark.parametrize("out_channels", [1, 2])
-@pytest.mark.parametrize("name", PAPER_ORDER)
+@pytest.mark.parametrize("name", ALL_MODELS)
 def test_model_returns_logits_at_the_input_size(name, out_channels):
     model = build_model(name, out_channels=out_channels).eval()
     with torch.no_grad():
@@ -61,14 +73,14 @@ def test_model_returns_logits_at_the_input_size(name, out_channels):
     assert y.dtype == torch.float32 and torch.isfinite(y).all()
 
 
-@pytest.mark.parametrize("name", PAPER_ORDER)
+@pytest.mark.parametrize("name", ALL_MODELS)
 def test_model_accepts_non_square_multiples_of_32(name):
     model = build_model(name).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 128, 192)).shape == (1, 1, 128, 192)
 
 
-@pytest.mark.parametrize("name", PAPER_ORDER)
+@pytest.mark.parametrize("name", ALL_MODELS)
 def test_out_channels_defaults_to_one_foreground_channel(name):
     assert count_params(build_model(name)) == count_params(build_model(name, out_channels=1))
 
@@ -87,8 +99,16 @@ def test_second_output_channel_only_adds_one_classifier_filter(name, last_width)
     assert extra == last_width + 1
 
 
+@pytest.mark.parametrize("name", CANDIDATES)
+def test_candidate_parameter_counts(name):
+    exact, per_channel = CANDIDATE_PARAMS[name]
+    assert count_params(build_model(name)) == exact, f"{name}: architecture changed"
+    assert count_params(build_model(name, out_channels=2)) - exact == per_channel
+
+
 def test_unknown_name_raises_listing_the_choices():
-    expected = "unknown model 'foo': choose one of half_unet, mobilenetv2_unet, fast_scnn"
+    expected = ("unknown model 'foo': choose one of half_unet, mobilenetv2_unet, fast_scnn, "
+                "shuffle_unet, lite_unet, lraspp_lite, mobilenetv2_unet_s")
     with pytest.raises(UnknownModelError) as err:
         build_model("foo")
     assert str(err.value) == expected
@@ -189,7 +209,7 @@ def test_imagenet_weights_without_torchvision_say_how_to_pass_a_file(monkeypatch
         build_model("mobilenetv2_unet", encoder_weights="imagenet")
 
 
-@pytest.mark.parametrize("name", PAPER_ORDER)
+@pytest.mark.parametrize("name", ALL_MODELS)
 def test_state_dict_round_trips_with_weights_only(name, tmp_path):
     model = build_model(name, out_channels=2).eval()
     path = tmp_path / f"{name}.pth"
@@ -203,7 +223,7 @@ def test_state_dict_round_trips_with_weights_only(name, tmp_path):
         assert torch.equal(model(x), clone(x))
 
 
-@pytest.mark.parametrize("name", PAPER_ORDER)
+@pytest.mark.parametrize("name", ALL_MODELS)
 def test_gflops_match_the_measured_values(name):
     model = build_model(name).train()
     assert gflops(model) == pytest.approx(GFLOPS_256[name], rel=0.01)
@@ -257,3 +277,25 @@ def test_fast_scnn_exports_to_a_static_onnx_graph(tmp_path):
     with torch.no_grad():
         expected = model(x).numpy()
     assert abs(y - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize("name", CANDIDATES)
+def test_candidates_export_to_static_onnx_graphs_with_two_outputs(name, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from edgeseg.card import new_card
+    from edgeseg.export.onnx import torch_to_onnx
+
+    model = build_model(name, out_channels=2).eval()
+    path = torch_to_onnx(model, new_card(name, out_channels=2, outputs=["foreground", "boundary"]),
+                         tmp_path / f"{name}.onnx", dynamic_batch=False)
+    graph = onnx.load(str(path)).graph
+    ops = {node.op_type for node in graph.node}
+    assert not ops & {"Shape", "GlobalAveragePool", "If", "Loop", "ConvTranspose"}, ops
+    assert [[d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.output] == [[1, 1, 256, 256]] * 2
+    x = torch.randn(1, 3, 256, 256)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    fg, boundary = session.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        expected = torch.sigmoid(model(x)).numpy()
+    assert abs(fg - expected[:, :1]).max() < 1e-4 and abs(boundary - expected[:, 1:]).max() < 1e-4

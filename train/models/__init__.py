@@ -19,6 +19,12 @@ from . import half_unet as _half_unet  # noqa: F401
 from . import mobilenetv2_unet as _mobilenetv2_unet  # noqa: F401
 from . import fast_scnn as _fast_scnn  # noqa: F401
 
+# the real-time candidates of the "real-time and right" issue (benchmarks/frontier_candidates.py)
+from . import shuffle_unet as _shuffle_unet  # noqa: F401
+from . import lite_unet as _lite_unet  # noqa: F401
+from . import lraspp_lite as _lraspp_lite  # noqa: F401
+from . import mobilenetv2_unet_s as _mobilenetv2_unet_s  # noqa: F401
+
 # isort: on
 from .blocks import IMAGENET_MEAN, IMAGENET_STD
 from .complexity import count_params, gflops

@@ -108,3 +108,20 @@ class InvertedResidual(nn.Module):
 def upsample(x: torch.Tensor, scale: int) -> torch.Tensor:
     """Bilinear upsampling by an integer factor (``align_corners=False``; a static ONNX Resize)."""
     return nn.functional.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+
+
+def encode_with_skips(encoder: nn.Sequential, x: torch.Tensor, skip_indices) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run ``encoder`` layer by layer, keeping the outputs of the layers in ``skip_indices`` (shallowest first)."""
+    skips: list[torch.Tensor] = []
+    for i, layer in enumerate(encoder):
+        x = layer(x)
+        if i in skip_indices:
+            skips.append(x)
+    return x, skips
+
+
+def decode_with_skips(y: torch.Tensor, stages, skips) -> torch.Tensor:
+    """A U-Net decoder: at each stage, upsample ``y`` x2, concatenate the matching skip (deepest first) and refine."""
+    for stage, skip in zip(stages, skips, strict=True):
+        y = stage(torch.cat([upsample(y, 2), skip], dim=1))
+    return y

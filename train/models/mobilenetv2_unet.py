@@ -29,7 +29,7 @@ from torch import nn
 
 from edgeseg.errors import ModelError
 
-from .blocks import IMAGENET_MEAN, IMAGENET_STD, ConvBNAct, InvertedResidual, upsample
+from .blocks import IMAGENET_MEAN, IMAGENET_STD, ConvBNAct, InvertedResidual, encode_with_skips, upsample
 from .registry import register_model
 
 __all__ = [
@@ -106,11 +106,7 @@ class MobileNetV2UNet(nn.Module):
         self.classifier = nn.Conv2d(DECODER_CHANNELS[-1], out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips: list[torch.Tensor] = []
-        for i, layer in enumerate(self.encoder):
-            x = layer(x)
-            if i in SKIP_INDICES:
-                skips.append(x)
+        x, skips = encode_with_skips(self.encoder, x, SKIP_INDICES)
         for block in self.decoder:
             x = block(x, skips.pop() if skips else None)
         return self.classifier(x)

@@ -1,0 +1,92 @@
+"""Shuffle-UNet: a real-time U-Net that works at 1/4 to 1/32 and draws full-resolution logits by pixel shuffle.
+
+Written for the "real-time and right" issue: as fast as Fast-SCNN in INT8 on a CPU, but with a decoder that keeps
+touching nuclei apart. Measured on ONNX Runtime INT8 (QDQ), where the cost of a layer follows its output pixels far
+more than its FLOPs (``benchmarks/frontier_candidates.py``): a 3x3 stride-2 convolution on the RGB input costs about
+a third of Fast-SCNN's whole inference, and any depthwise convolution at 1/2 resolution about as much again. So:
+
+* ``stem``: a **patch embedding**, a 4x4 stride-4 convolution (3 -> 16; exactly a space-to-depth followed by a 1x1
+  convolution, and in INT8 about a quarter of the cost of a 3x3 stride-2 stem), then one depthwise separable conv
+  at 1/4 so the skip carries some neighbourhood;
+* ``encoder``: a depthwise separable conv to 1/8 (32 channels), then MobileNetV2 inverted residuals (ReLU,
+  expansion 4), two to 1/16 (64) and two to 1/32 (96);
+* ``decoder``: U-Net stages 1/32 -> 1/16 -> 1/8 -> 1/4, each bilinear x2, concatenation with the skip and one
+  depthwise separable conv (64, 32, 16 channels), then one more depthwise separable conv at 1/4 (``refine``);
+* ``head``: a 1x1 convolution to ``16 * out_channels`` channels and a **pixel shuffle** by 4 (ONNX
+  ``DepthToSpace``): each 1/4-resolution cell writes the logits of its own 4x4 input pixels, so the output is
+  learnt at full resolution (a sub-pixel convolution, as in ESPCN) instead of interpolated from a coarse map.
+  Channel ``c`` of the output is made of head channels ``16c .. 16c + 15``.
+
+Everything is ReLU (quantises to INT8 without loss of speed), upsampling is bilinear (a static ONNX Resize), and
+the graph is static for inputs whose sides are multiples of 32.
+
+Parameters: 194,096 (``out_channels=1``): 0.194 M; each extra output channel adds 272 (16 filters of 16 weights
+and a bias). GFLOPs at 256x256: 0.093.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .blocks import DSConv, InvertedResidual, decode_with_skips
+from .registry import register_model
+
+SHUFFLE_UNET_WIDTHS: tuple[int, ...] = (16, 32, 64, 96)  # strides 4, 8, 16, 32
+EXPANSION = 4
+BLOCKS = (2, 2)  # inverted residuals at 1/16 and at 1/32
+PATCH = 4  # the stem's patch size: the head's pixel-shuffle factor
+
+
+class PatchEmbed(nn.Sequential):
+    """A ``patch x patch`` convolution with stride ``patch`` (no overlap), batch norm and ReLU: the input cut into
+    patches, each mapped linearly to ``out_channels`` features (space-to-depth + 1x1 conv, in one op)."""
+
+    def __init__(self, in_channels: int, out_channels: int, patch: int = PATCH) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, patch, stride=patch, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+def residual_stage(in_channels: int, out_channels: int, blocks: int, expansion: int = EXPANSION) -> nn.Sequential:
+    """``blocks`` ReLU inverted residuals, the first with stride 2 (the stage's downsampling)."""
+    return nn.Sequential(*(
+        InvertedResidual(in_channels if i == 0 else out_channels, out_channels, 2 if i == 0 else 1, expansion,
+                         act=nn.ReLU)
+        for i in range(blocks)
+    ))
+
+
+class ShuffleUNet(nn.Module):
+    """Patch-embedding stem, DS-conv / inverted-residual encoder, U-Net decoder to 1/4, pixel-shuffle head."""
+
+    def __init__(self, out_channels: int = 1, widths: tuple[int, ...] = SHUFFLE_UNET_WIDTHS,
+                 blocks: tuple[int, int] = BLOCKS) -> None:
+        super().__init__()
+        w4, w8, w16, w32 = widths
+        self.widths = tuple(widths)
+        self.stem = nn.Sequential(PatchEmbed(3, w4), DSConv(w4, w4))
+        self.down8 = DSConv(w4, w8, stride=2)
+        self.down16 = residual_stage(w8, w16, blocks[0])
+        self.down32 = residual_stage(w16, w32, blocks[1])
+        self.up16 = DSConv(w32 + w16, w16)
+        self.up8 = DSConv(w16 + w8, w8)
+        self.up4 = DSConv(w8 + w4, w4)
+        self.refine = DSConv(w4, w4)
+        self.head = nn.Conv2d(w4, out_channels * PATCH * PATCH, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s4 = self.stem(x)
+        s8 = self.down8(s4)
+        s16 = self.down16(s8)
+        y = decode_with_skips(self.down32(s16), (self.up16, self.up8, self.up4), (s16, s8, s4))
+        return F.pixel_shuffle(self.head(self.refine(y)), PATCH)
+
+
+@register_model
+def shuffle_unet(out_channels: int = 1) -> nn.Module:
+    """Shuffle-UNet: patch stem, U-Net to 1/4, pixel-shuffle head to full resolution (0.194 M, real-time)."""
+    return ShuffleUNet(out_channels=out_channels)
