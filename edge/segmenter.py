@@ -22,12 +22,12 @@ import numpy as np
 
 from .card import ModelCard, as_card
 from .errors import EdgesegError, ModelError
+from .measure import FIELDS, measure
 from .postprocess import PostprocessConfig, cut_tiles, postprocess, stitch, tile_grid
 from .preprocess import normalise, resize_to, to_rgb8
 from .scale import TILE_OVERLAP, ScalePolicy, tile_mode
 
-TABLE_FIELDS = ("label", "area", "centroid_y", "centroid_x", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1",
-                "mean_intensity")
+TABLE_FIELDS = FIELDS  # the columns of table() and to_csv() (edgeseg.measure), per-channel ones after them
 
 
 @dataclass
@@ -45,6 +45,7 @@ class Segmentation:
     rgb: np.ndarray | None = field(default=None, repr=False)
     scale_source: str = "resize"  # how the scale was chosen: resize | native | estimate | diameter | remembered
     diameter_px: float | None = None  # the nucleus diameter (frame pixels) the scale was planned for
+    track_ids: dict | None = field(default=None, repr=False)  # label -> track id, set by a tracker (MeasureSink)
 
     def to_dict(self) -> dict:
         """JSON-ready: the count and how the frame was run (no arrays)."""
@@ -53,42 +54,34 @@ class Segmentation:
                 "diameter_px": None if self.diameter_px is None else round(float(self.diameter_px), 2),
                 "timings_ms": {k: round(float(v), 3) for k, v in self.timings.items()}}
 
-    def table(self) -> list[dict]:
-        """One row per nucleus: label, area (px), centroid, bounding box (y0, x0 inclusive; y1, x1 exclusive) and
-        the mean 8-bit grey intensity, computed in one pass over the label image (no per-object loop)."""
-        n = self.count
-        if n == 0:
-            return []
-        flat = self.labels.ravel()
-        h, w = self.labels.shape
-        ys, xs = np.divmod(np.arange(flat.size), w)
-        area = np.bincount(flat, minlength=n + 1)[1:]
-        cy = np.bincount(flat, weights=ys, minlength=n + 1)[1:] / np.maximum(area, 1)
-        cx = np.bincount(flat, weights=xs, minlength=n + 1)[1:] / np.maximum(area, 1)
-        box = [np.full(n + 1, h, np.int64), np.full(n + 1, w, np.int64), np.zeros(n + 1, np.int64),
-               np.zeros(n + 1, np.int64)]
-        np.minimum.at(box[0], flat, ys)
-        np.minimum.at(box[1], flat, xs)
-        np.maximum.at(box[2], flat, ys + 1)
-        np.maximum.at(box[3], flat, xs + 1)
-        grey = self.rgb.mean(axis=2).ravel() if self.rgb is not None else np.zeros(flat.size)
-        mean = np.bincount(flat, weights=grey, minlength=n + 1)[1:] / np.maximum(area, 1)
-        columns = [np.arange(1, n + 1), area, cy, cx, box[0][1:], box[1][1:], box[2][1:], box[3][1:], mean]
-        rows = [dict(zip(TABLE_FIELDS, values, strict=True)) for values in zip(*columns, strict=True)]
-        return [{k: (round(float(v), 3) if isinstance(v, float | np.floating) else int(v)) for k, v in r.items()}
-                for r in rows if r["area"] > 0]
+    def table(self, frame: np.ndarray | None = None, *, um_per_px: float | None = None,
+              frame_index: int | None = None, timestamp: float | None = None) -> list[dict]:
+        """One row per nucleus (:data:`TABLE_FIELDS`, then per-channel intensities for a multi-channel frame):
+        label, centroid, area, equivalent diameter, perimeter, eccentricity, solidity, bounding box (y0, x0
+        inclusive; y1, x1 exclusive), mean and integrated intensity, and with ``um_per_px`` the same in
+        micrometres; defined as scikit-image's ``regionprops`` defines them (:mod:`edgeseg.measure`, one
+        vectorised pass over the label image).
 
-    def to_csv(self, path: str | Path) -> Path:
-        """Write :meth:`table` as CSV (written to a temporary name, then renamed)."""
+        ``frame``: the original frame this result came from (any dtype, mono or multi-channel), whose
+        intensities are measured; without it, the 8-bit RGB copy ``rgb`` is measured."""
+        image = frame if frame is not None else self.rgb
+        return measure(self.labels, image, um_per_px=um_per_px, frame_index=frame_index,
+                       timestamp=timestamp).rows()
+
+    def to_csv(self, path: str | Path, frame: np.ndarray | None = None, *, um_per_px: float | None = None,
+               frame_index: int | None = None, timestamp: float | None = None) -> Path:
+        """Write :meth:`table` as CSV (written to a temporary name, then renamed; unknown values left empty)."""
         import csv
         import io
 
         from .fsutil import atomic_write_text
 
+        m = measure(self.labels, frame if frame is not None else self.rgb, um_per_px=um_per_px,
+                    frame_index=frame_index, timestamp=timestamp)
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=TABLE_FIELDS, lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=m.fields, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(self.table())
+        writer.writerows(m.rows())
         return atomic_write_text(path, buf.getvalue())
 
     def plot(self, style: str = "contours", caption: str | None = None) -> np.ndarray:

@@ -137,8 +137,14 @@ def test_segmentation_keeps_the_frame_and_reports_a_table_and_a_plot(model, tmp_
     assert first["centroid_y"] == pytest.approx(ys.mean(), abs=1e-3)
     assert (first["bbox_y0"], first["bbox_x1"]) == (ys.min(), xs.max() + 1)
     assert first["mean_intensity"] == pytest.approx(result.rgb[ys, xs].mean(), abs=1e-3)
-    csv = result.to_csv(tmp_path / "nuclei.csv").read_text().splitlines()
-    assert csv[0].startswith("label,area,centroid_y") and len(csv) == result.count + 1
+    wide = (frame.astype(np.uint16) * 100)[..., None] * np.array([1, 2], np.uint16)  # the original: 16-bit, 2 ch
+    row = result.table(wide, um_per_px=0.5, frame_index=7)[0]
+    assert row["mean_intensity_1"] == pytest.approx(200 * frame[ys, xs].mean(), abs=1e-6)
+    assert row["integrated_intensity_0"] == pytest.approx(100 * frame[ys, xs].sum(), abs=1e-6)
+    assert row["frame"] == 7 and row["area_um2"] == pytest.approx(first["area"] / 4)
+    csv = result.to_csv(tmp_path / "nuclei.csv", wide).read_text().splitlines()
+    assert csv[0].startswith("frame,timestamp,label,area,centroid_y") and len(csv) == result.count + 1
+    assert csv[0].endswith(",integrated_intensity_1")
     drawn = result.plot()
     assert drawn.shape == (256, 256, 3) and (drawn != cv2.cvtColor(result.rgb, cv2.COLOR_RGB2BGR)).any()
     as_dict = result.to_dict()
