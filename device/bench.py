@@ -248,30 +248,103 @@ def _open(target: Target, threads: int):
     return Segmenter.load(target.path, backend=target.backend, threads=threads, remember_scale=True)
 
 
+E2E_SIZE = (640, 480)  # the second frame size of the e2e profile: a VGA camera
+
+
 def default_e2e_source(frames: int) -> str:
     """The clip shipped in the package, else a synthetic 640x480 source of ``frames`` frames."""
     samples = SAMPLE_DIR.parent
     clips = sorted(p for p in samples.rglob("*") if p.suffix.lower() in CLIP_EXTS and p.is_file()
                    and SAMPLE_DIR not in p.parents)
-    return str(clips[0]) if clips else f"synthetic:640x480:{max(frames, 1)}"
+    return str(clips[0]) if clips else f"synthetic:{E2E_SIZE[0]}x{E2E_SIZE[1]}:{max(frames, 1)}"
 
 
-def end_to_end(seg, source_spec: str, frames: int) -> dict:
-    """FPS and stage means of the real ``edgeseg run`` loop (no display, no recording) on ``source_spec``."""
+def e2e_sources(spec: str | None, frames: int) -> list[str]:
+    """What the e2e profile runs on: ``spec`` (default: the shipped clip) and synthetic 640x480 frames."""
+    first = spec or default_e2e_source(frames)
+    vga = f"synthetic:{E2E_SIZE[0]}x{E2E_SIZE[1]}:{max(frames, 1)}"
+    return [first] if first.startswith(f"synthetic:{E2E_SIZE[0]}x{E2E_SIZE[1]}") else [first, vga]
+
+
+class _FrameProbe:
+    """A run_live processor noting each frame's size and how many inferences it took (tiles)."""
+
+    def __init__(self):
+        self.shape: tuple[int, int] | None = None
+        self.tiles = 0
+        self.frames = 0
+
+    def process(self, frame, result) -> dict:
+        self.shape = self.shape or tuple(frame.image.shape[:2])
+        self.tiles += int(getattr(result, "n_tiles", 1) or 1)
+        self.frames += 1
+        return {}
+
+    def close(self) -> dict:
+        return {}
+
+
+def end_to_end(seg, source_spec: str, frames: int, *, record: bool = False, pipeline: bool = True,
+               gflops: float | None = None, model_fps: float | None = None) -> dict:
+    """The real ``edgeseg run`` loop (no display; ``record``: an mp4 in a temporary folder, every frame encoded as
+    for a file) on ``source_spec`` for ``frames`` frames: FPS, stage means in ms and in ms per megapixel, the
+    network's achieved GFLOP/s (``gflops`` per inference x inferences per second), the share of the wall time
+    spent outside the network, and FPS against ``model_fps`` (model only, per input-size inference) for the same
+    number of inferences per frame."""
+    import tempfile
+
     from .live import run_live
     from .overlay import Overlay
+    from .recorder import Recorder
     from .sources import open_source
 
-    source = open_source(source_spec, model_size=seg.input_size, loop=True)
-    result = run_live(seg, source, overlay=Overlay(caption=seg.name), max_frames=frames)
+    probe = _FrameProbe()
+    with tempfile.TemporaryDirectory(prefix="edgeseg-e2e-") as tmp:
+        source = open_source(source_spec, model_size=seg.input_size, loop=True)
+        recorder = (Recorder(Path(tmp) / "overlay.mp4", source.fps or 10.0, drop=source.live, threaded=pipeline)
+                    if record else None)  # sequential: encoded in the loop's thread, as `edgeseg run --sequential`
+        result = run_live(seg, source, overlay=Overlay(caption=seg.name), max_frames=frames, recorder=recorder,
+                          pipeline=pipeline, processors=[probe])
     if result.stopped == "interrupted":
         raise KeyboardInterrupt
     s = result.summary
     if result.error is not None or s.get("error"):
         raise EdgesegError(f"the run pipeline failed on {source_spec}: {s.get('error') or result.error}",
                            "check the source with `edgeseg run`")
-    return {"source": source_spec, "frames": s.get("frames"), "fps": s.get("fps"), "latency_ms": s.get("latency_ms"),
-            "stages_ms": s.get("stages_ms"), "count_mean": (s.get("count") or {}).get("mean")}
+    h, w = probe.shape or (0, 0)
+    mp = w * h / 1e6
+    stages = s.get("stages_ms") or {}
+    fps, tiles = s.get("fps"), (probe.tiles / probe.frames if probe.frames else None)
+    inference = stages.get("inference")
+    out = {"source": source_spec, "size": [w, h], "megapixels": round(mp, 4), "record": record, "pipeline": pipeline,
+           "threads": s.get("threads"), "frames": s.get("frames"), "fps": fps, "latency_ms": s.get("latency_ms"),
+           "stages_ms": stages, "queue_ms": s.get("queue_ms"),
+           "stages_ms_per_mp": {k: round(v / mp, 3) if v is not None and mp else None for k, v in stages.items()},
+           "count_mean": (s.get("count") or {}).get("mean"), "dropped": s.get("dropped"),
+           "recording_dropped": s.get("recording_dropped"), "tiles_mean": _round(tiles),
+           "inferences_per_s": _round(fps * tiles if fps and tiles else None),
+           "gflops_per_s": _round(gflops * fps * tiles if gflops and fps and tiles else None),
+           "outside_share": _round(max(0.0, 1.0 - fps * inference / 1e3) if fps and inference is not None else None),
+           "model_fps": model_fps,
+           "vs_model": _round(fps * tiles / model_fps if fps and tiles and model_fps else None)}
+    return out
+
+
+def _round(x: float | None, nd: int = 4) -> float | None:
+    return None if x is None else round(float(x), nd)
+
+
+def e2e_profile(seg, spec: str | None, frames: int, *, gflops: float | None = None,
+                model_fps: float | None = None, pipelines: Sequence[bool] = (False, True)) -> dict:
+    """:func:`end_to_end` at the clip's size (or ``spec``) and at 640x480, headless and recording, sequential and
+    pipelined. The top-level fields are the first source's headless run in the last mode (the pipelined one by
+    default: what ``edgeseg run`` does); ``runs`` holds them all."""
+    runs = [end_to_end(seg, src, frames, record=rec, pipeline=pipe, gflops=gflops, model_fps=model_fps)
+            for src in e2e_sources(spec, frames) for rec in (False, True) for pipe in pipelines]
+    head = next(r for r in runs if not r["record"] and r["pipeline"] == pipelines[-1])
+    keys = ("source", "frames", "fps", "latency_ms", "stages_ms", "count_mean", "pipeline", "gflops_per_s",
+            "outside_share", "vs_model")
+    return {**{k: head[k] for k in keys}, "runs": runs}
 
 
 def accuracy(seg, samples: list) -> dict:
@@ -341,8 +414,7 @@ def measure(target: Target, threads: int, cfg: BenchConfig, samples: list | None
             row["dice_sample"] = acc["dice_256"]
             row["dice"], row["dice_from"] = acc["dice_256"], f"measured: {acc['n_images']}-image shipped sample"
         if cfg.e2e:
-            spec = cfg.e2e_source or default_e2e_source(cfg.iterations)
-            row["e2e"] = end_to_end(seg, spec, cfg.iterations)
+            row["e2e"] = e2e_profile(seg, cfg.e2e_source, cfg.iterations, gflops=row["gflops"], model_fps=row["fps"])
     except KeyboardInterrupt:
         raise
     except EdgesegError as exc:
@@ -525,6 +597,31 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_e2e(rows: list[dict]) -> str:
+    """The e2e profile of each row: one line a run (frame size, headless or recording, sequential or pipelined): FPS
+    and its share of the model-only FPS, the stage means in ms and in ms per megapixel, the network's GFLOP/s and
+    the share of the wall time spent outside the network."""
+    from .runlog import STAGES
+
+    head = (f"{'model':<22}{'thr':>4} {'frame':>8} {'out':<6}{'loop':<6}{'FPS':>8}{'%model':>8}  "
+            + " ".join(f"{s[:7]:>7}" for s in STAGES) + "  ms/MP: " + " ".join(f"{s[:7]:>7}" for s in STAGES)
+            + f"{'GFLOP/s':>9}{'outside':>8}")
+    lines = ["end to end (`edgeseg run` loop; stage means in ms, then ms per megapixel):", head, "-" * len(head)]
+    for r in rows:
+        for e in (r.get("e2e") or {}).get("runs", []):
+            st, per = e.get("stages_ms") or {}, e.get("stages_ms_per_mp") or {}
+            lines.append(
+                f"{r['model'][:21]:<22}{_fmt(e.get('threads') or r.get('threads')):>4} "
+                f"{'x'.join(map(str, e['size'])):>8} {'rec' if e['record'] else 'none':<6}"
+                f"{'pipe' if e['pipeline'] else 'seq':<6}{_fmt(e.get('fps'), '.1f'):>8}"
+                f"{_fmt(e['vs_model'] * 100 if e.get('vs_model') else None, '.0f'):>7}%  "
+                + " ".join(f"{_fmt(st.get(s), '.2f'):>7}" for s in STAGES) + "         "
+                + " ".join(f"{_fmt(per.get(s), '.0f'):>7}" for s in STAGES)
+                + f"{_fmt(e.get('gflops_per_s'), '.1f'):>9}"
+                f"{_fmt(e['outside_share'] * 100 if e.get('outside_share') is not None else None, '.0f'):>7}%")
+    return "\n".join(lines)
+
+
 def dice_note(rows: list[dict]) -> str:
     froms = sorted({r["dice_from"] for r in ok_rows(rows) if r.get("dice_from")})
     return "Dice: " + ("; ".join(froms) if froms else "none known (run with --accuracy)")
@@ -632,6 +729,8 @@ def report_text(result: dict, plot_out: str | None = None) -> str:
     from .hardware import format_report
 
     lines = [format_report(result["hardware"]), "", format_table(result["rows"]), dice_note(result["rows"])]
+    if any(r.get("e2e") for r in result["rows"]):
+        lines += ["", format_e2e(result["rows"])]
     if result["recommendation"]:
         lines.append(result["recommendation"]["text"])
     if plot_out:

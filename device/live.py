@@ -11,10 +11,26 @@ One frame, timed stage by stage (milliseconds in the log)::
     render       drawing the overlay (skipped when nothing shows, records or streams it)
     output       recording, display and the sinks (e.g. the browser stream)
 
+Pipelined (the default) or sequential (``pipeline=False``, ``edgeseg run --sequential``). Pipelined, three threads
+overlap the stages of consecutive frames::
+
+    capture thread       source.read()                                   -> [slot] ->
+    segment thread       Segmenter (preprocess, inference, postprocess), processors -> [slot] ->
+    caller's thread      overlay, recording hand-over, display, sinks, statistics, JSONL line
+
+joined by single-slot hand-overs: a camera's frame that finds the slot full replaces the one waiting there (the
+older frame is dropped and counted: ``dropped_pipeline``), so a camera never waits for a slow consumer and nothing
+queues up; a file's frame waits instead (every frame of a file is processed and recorded). The recorder encodes
+in a thread of its own (``Recorder``: dropping for a camera, waiting for a file). Each frame's record keeps its
+stage times and ``queue_ms``, the time it waited between stages; ``latency_ms`` runs from the start of its capture
+to the end of its output. The network runs on half the cores by default in this mode (``inference_threads``),
+the other stages on the rest. Sequential, one thread does everything for one frame before reading the next, as
+the loop always did (the recording too is encoded in that thread by ``run_session``).
+
 Stopping: the end of a file source, ``max_frames``, ``q``/Esc or closing the window, Ctrl-C or SIGTERM (the
-frame in flight is finished, the recording and the log are finalised and the summary printed; a second Ctrl-C
-aborts at once, still finalising), a source that fails mid-way (camera lost after its retries, corrupt video:
-what was processed is kept).
+frame in flight is finished - pipelined: the one being output; frames still in the hand-overs are discarded - the
+recording and the log are finalised and the summary printed; a second Ctrl-C aborts at once, still finalising),
+a source that fails mid-way (camera lost after its retries, corrupt video: what was processed is kept).
 
 Sinks: objects with ``publish(overlay_bgr: np.ndarray, stats: dict)`` and ``close()``, called once per frame
 after the overlay is drawn (e.g. ``edgeseg.device.serve.LiveFeed``). ``stats`` is the live summary (the same
@@ -22,6 +38,12 @@ fields as the log's ``summary`` line: frames, dropped, fps, latency_ms p50/p90/p
 precision, executed_precision, threads) plus ``frame`` (this frame's log record), ``count`` and
 ``fps_rolling``. A sink must return quickly (copy the frame and hand it to its own thread); one that raises is
 reported in the log and detached, the run goes on.
+
+Processors: objects with ``process(frame, result) -> dict`` and ``close() -> dict`` (e.g. per-nucleus measurement
+or tracking), called in the segment stage right after segmentation, for every segmented frame, in order (a
+camera frame dropped before segmentation is never seen; one dropped after it was seen but gets no log record); the
+returned fields are merged into that frame's log record (the loop's own keys win), ``close()``'s into the summary.
+One that raises is reported as a ``processor_failed`` event and detached, the run goes on.
 
 Exit codes (``edgeseg run``): 0 done (end of the source or ``--max-frames``, or the window closed); 2 bad input
 (missing or unreadable source, no camera, model file not matching its card, bad option); 3 a missing
@@ -204,118 +226,341 @@ def run_live(
     max_frames: int | None = None,
     stop: StopFlag | None = None,
     info: dict | None = None,
+    pipeline: bool = True,
+    processors: Sequence = (),
+    drop: bool | None = None,
 ) -> RunResult:
     """Run ``seg`` (a :class:`~edgeseg.segmenter.Segmenter`) on every frame of ``source`` until it ends, ``max_frames``
     frames were processed or ``stop`` is set. Always finalises the log (with its summary line), the recording, the
-    display and the sinks, also when a frame raises; then re-raises anything but a failing source."""
-    log = log or RunLog(None)
-    overlay = overlay or Overlay(channel=getattr(seg, "channel", "auto"))
-    stop = stop if stop is not None else StopFlag()
-    sinks = list(sinks)
-    events: list[dict] = []
-    run_info = {**getattr(seg, "info", {}), **(info or {})}
-    stats = RunStats(run_info)
-    if hasattr(source, "cancel"):
-        stop.on_stop.append(source.cancel)
+    display, the sinks and the processors, also when a frame raises; then re-raises anything but a failing source.
 
-    def on_event(ev: dict) -> None:
-        events.append(ev)
-        log.event(**ev)
+    ``pipeline`` overlaps capture, segmentation and output in three threads (see the module docstring); False runs
+    them one after another in the caller's thread. ``drop`` (default: ``source.live``) says what a busy stage does
+    to the frame waiting for it: a camera's is replaced by the newer frame (counted in ``dropped_pipeline``), a
+    file's waits (every frame of a file is processed). ``processors``: objects with ``process(frame, result) ->
+    dict`` (called right after segmentation; the dict is merged into the frame's log record) and ``close() ->
+    dict`` (merged into the summary); one that raises is reported as an event and detached."""
+    loop = _Loop(seg, source, log or RunLog(None), recorder, display, list(sinks),
+                 overlay or Overlay(channel=getattr(seg, "channel", "auto")), max_frames,
+                 stop if stop is not None else StopFlag(), info, bool(pipeline), list(processors),
+                 source.live if drop is None else bool(drop))
+    return loop.run()
 
-    source.on_event = on_event
-    log.write({"type": "start", "time": round(time.time(), 6), **run_info, **source.describe(),
-               "max_frames": max_frames, "recording": str(recorder.path) if recorder else None})
-    stopped, error, raised = "end", None, None
-    try:
-        while not stop:
-            if max_frames is not None and stats.frames >= max_frames:
-                stopped = "max_frames"
-                break
-            t0 = time.perf_counter()
-            try:
-                frame = source.read()
-            except SourceFailed as exc:
-                stopped, error = "source_failed", exc
-                on_event({"event": "source_failed", "source": source.spec, "error": str(exc)})
-                break
-            t1 = time.perf_counter()
-            if frame is None:
-                break
-            result = seg(frame.image, frame.order)
-            t2 = time.perf_counter()
-            # nothing shows, records or streams the overlay (a headless logger): do not draw it
-            image = overlay.render(frame, result) if (recorder is not None or display is not None or sinks) else None
-            t3 = time.perf_counter()
-            rolling = overlay.fps.tick(t3)
-            keep_going = True
-            if recorder is not None:
-                recorder.write(image, t3)
-            if display is not None:
-                keep_going = display.show(image)
-            record = {
-                "type": "frame",
-                "index": frame.index,
-                "timestamp": round(frame.timestamp, 6),
-                "capture_ms": round((t1 - t0) * 1e3, 3),
-                "preprocess_ms": round(result.timings.get("preprocess", 0.0), 3),
-                "inference_ms": round(result.timings.get("inference", 0.0), 3),
-                "postprocess_ms": round(result.timings.get("postprocess", 0.0), 3),
-                "render_ms": round((t3 - t2) * 1e3, 3),
-                "output_ms": 0.0,
-                "latency_ms": 0.0,
-                "count": int(result.count),
-                "dropped": int(source.dropped),
-            }
-            if result.tiled:
-                record["tiles"] = int(result.n_tiles)
-            live = None
-            for sink in list(sinks):
-                if live is None:
-                    live = stats.summary()
-                    live.update(frame=record, count=record["count"], fps_rolling=round(rolling, 3))
+
+POLL_S = 0.05  # how often a stage waiting for a frame looks at the stop flag
+JOIN_S = 10.0  # how long the end of a run waits for a stage's thread (a frame in a slow model, a camera read)
+
+
+class _Job:
+    """One frame on its way through the stages, with the perf_counter times that split its latency."""
+
+    __slots__ = ("frame", "t0", "t1", "t_seg", "t_segged", "result", "extra", "processors_ms")
+
+    def __init__(self, frame, t0: float, t1: float):
+        self.frame, self.t0, self.t1 = frame, t0, t1
+        self.t_seg = self.t_segged = t1
+        self.result = None
+        self.extra: dict = {}
+        self.processors_ms: float | None = None
+
+
+class _Slot:
+    """A one-frame hand-over between two stages of the pipelined loop.
+
+    ``put`` into a full slot either replaces the waiting frame by the newer one (``drop``: counted in
+    ``dropped``) or waits until the consumer took it. ``get`` returns None once the slot is closed and empty, or
+    when ``halted()`` (a stop: what waits is discarded). Waits poll ``halted`` every POLL_S, so a stop set from a
+    signal handler (which must not take locks) is seen within that time."""
+
+    def __init__(self, drop: bool, halted: Callable[[], bool]):
+        self._cond = threading.Condition(threading.Lock())
+        self._item = None
+        self._full = False
+        self._closed = False
+        self.drop, self.halted = drop, halted
+        self.dropped = 0
+
+    def put(self, item) -> bool:
+        """Hand ``item`` over; False (and nothing handed over) when the run was halted while waiting."""
+        with self._cond:
+            if self._full and self.drop:
+                self.dropped += 1  # the oldest frame gives way: the producer never waits
+            while self._full and not self.drop:
+                if self.halted():
+                    return False
+                self._cond.wait(POLL_S)
+            self._item, self._full = item, True
+            self._cond.notify_all()
+            return True
+
+    def get(self):
+        with self._cond:
+            while not self._full and not self._closed and not self.halted():
+                self._cond.wait(POLL_S)
+            if not self._full or self.halted():
+                return None
+            item, self._item, self._full = self._item, None, False
+            self._cond.notify_all()
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class _Loop:
+    """The stages of one run and what they share; :meth:`run` runs them sequentially or pipelined."""
+
+    def __init__(self, seg, source, log, recorder, display, sinks, overlay, max_frames, stop, info, pipeline,
+                 processors, drop):
+        self.seg, self.source, self.log, self.recorder, self.display = seg, source, log, recorder, display
+        self.sinks, self.overlay, self.max_frames, self.stop = sinks, overlay, max_frames, stop
+        self.pipeline, self.processors, self.drop = pipeline, processors, drop
+        self.events: list[dict] = []
+        self.run_info = {**getattr(seg, "info", {}), **(info or {}), "pipeline": pipeline}
+        self.stats = RunStats(self.run_info)
+        self.halt = threading.Event()  # the run is over for the stages (max_frames, window, error, stop)
+        self.error: Exception | None = None  # the source failed
+        self.failed: BaseException | None = None  # a stage's thread raised
+        self.stopped = "end"
+        self.slots: list[_Slot] = []
+        self.threads: list[threading.Thread] = []
+
+    def on_event(self, ev: dict) -> None:
+        self.events.append(ev)
+        self.log.event(**ev)
+
+    def halted(self) -> bool:
+        return bool(self.stop) or self.halt.is_set()
+
+    @property
+    def dropped_pipeline(self) -> int:
+        return sum(slot.dropped for slot in self.slots)
+
+    # ------------------------------------------------------------------ the stages
+
+    def capture(self) -> _Job | None:
+        """The next frame from the source, or None at its end or when it failed (``self.error``)."""
+        t0 = time.perf_counter()
+        try:
+            frame = self.source.read()
+        except SourceFailed as exc:
+            self.stopped, self.error = "source_failed", exc
+            self.on_event({"event": "source_failed", "source": self.source.spec, "error": str(exc)})
+            return None
+        return None if frame is None else _Job(frame, t0, time.perf_counter())
+
+    def segment(self, job: _Job) -> _Job:
+        """Segmentation, then the processors (a failing one is reported and detached)."""
+        job.t_seg = time.perf_counter()
+        job.result = self.seg(job.frame.image, job.frame.order)
+        job.t_segged = time.perf_counter()
+        if self.processors:
+            for proc in list(self.processors):
                 try:
-                    sink.publish(image, live)
-                except Exception as exc:  # a broken viewer must not stop the microscope
-                    sinks.remove(sink)
-                    on_event({"event": "sink_failed", "sink": type(sink).__name__, "error": repr(exc)})
-            t4 = time.perf_counter()
-            record["output_ms"] = round((t4 - t3) * 1e3, 3)
-            record["latency_ms"] = round((t4 - t0) * 1e3, 3)
-            stats.add(record, t0, t4)
-            log.write(record)
-            if not keep_going:
-                stopped = "window"
-                break
-        if stop:
-            stopped = stop.reason or "stopped"
-    except KeyboardInterrupt:
-        stopped = "interrupted"
-        raised = None
-    except BaseException as exc:
-        stopped, raised = "error", exc
-    finally:
-        recording = None
-        if recorder is not None:
+                    job.extra.update(proc.process(job.frame, job.result) or {})
+                except Exception as exc:  # a broken measurement must not stop the microscope
+                    self.processors.remove(proc)
+                    self.on_event({"event": "processor_failed", "processor": type(proc).__name__,
+                                   "error": repr(exc)})
+            job.processors_ms = (time.perf_counter() - job.t_segged) * 1e3
+        return job
+
+    def output(self, job: _Job) -> bool:
+        """Overlay, recording, display, sinks, statistics and the log line; False when the window was closed."""
+        t2 = time.perf_counter()
+        frame, result = job.frame, job.result
+        # nothing shows, records or streams the overlay (a headless logger): do not draw it
+        draw = self.recorder is not None or self.display is not None or self.sinks
+        image = self.overlay.render(frame, result) if draw else None
+        t3 = time.perf_counter()
+        rolling = self.overlay.fps.tick(t3)
+        keep_going = True
+        if self.recorder is not None:
+            self.recorder.write(image, t3)
+        if self.display is not None:
+            keep_going = self.display.show(image)
+        wait = (job.t_seg - job.t1) + (t2 - job.t_segged - (job.processors_ms or 0.0) / 1e3)
+        dropped_pipeline = self.dropped_pipeline
+        record = {
+            "type": "frame",
+            "index": frame.index,
+            "timestamp": round(frame.timestamp, 6),
+            "capture_ms": round((job.t1 - job.t0) * 1e3, 3),
+            "preprocess_ms": round(result.timings.get("preprocess", 0.0), 3),
+            "inference_ms": round(result.timings.get("inference", 0.0), 3),
+            "postprocess_ms": round(result.timings.get("postprocess", 0.0), 3),
+            "render_ms": round((t3 - t2) * 1e3, 3),
+            "output_ms": 0.0,
+            "latency_ms": 0.0,
+            "queue_ms": round(max(wait, 0.0) * 1e3, 3) if self.pipeline else 0.0,
+            "count": int(result.count),
+            "dropped": int(self.source.dropped) + dropped_pipeline,
+            "dropped_pipeline": dropped_pipeline,
+        }
+        if result.tiled:
+            record["tiles"] = int(result.n_tiles)
+        if job.processors_ms is not None:
+            record["processors_ms"] = round(job.processors_ms, 3)
+            record.update({k: v for k, v in job.extra.items() if k not in record})
+        live = None
+        for sink in list(self.sinks):
+            if live is None:
+                live = self.stats.summary()
+                live.update(frame=record, count=record["count"], fps_rolling=round(rolling, 3))
             try:
-                recording = recorder.close()  # what was recorded is a complete, playable file
-            except Exception:  # finishing the file failed: leave no partial file under the real name
-                recorder.abort()
-        if display is not None:
-            display.close()
-        for sink in sinks:
-            with contextlib.suppress(Exception):
-                sink.close()
-        source.close()
-        summary = stats.summary(stopped=stopped, source=source.spec, recording=str(recording) if recording else None)
+                sink.publish(image, live)
+            except Exception as exc:  # a broken viewer must not stop the microscope
+                self.sinks.remove(sink)
+                self.on_event({"event": "sink_failed", "sink": type(sink).__name__, "error": repr(exc)})
+        t4 = time.perf_counter()
+        record["output_ms"] = round((t4 - t3) * 1e3, 3)
+        record["latency_ms"] = round((t4 - job.t0) * 1e3, 3)
+        self.stats.add(record, job.t0, t4)
+        self.log.write(record)
+        return keep_going
+
+    def done(self) -> bool:
+        """max_frames reached (checked before each frame)."""
+        if self.max_frames is not None and self.stats.frames >= self.max_frames:
+            self.stopped = "max_frames"
+            return True
+        return False
+
+    # ------------------------------------------------------------------ the two loops
+
+    def sequential(self) -> None:
+        while not self.stop:
+            if self.done():
+                return
+            job = self.capture()
+            if job is None:
+                return
+            if not self.output(self.segment(job)):
+                self.stopped = "window"
+                return
+
+    def pipelined(self) -> None:
+        """Capture -> [slot] -> segmentation -> [slot] -> output: the first two in threads of their own, the output in
+        the caller's (the display's GUI wants the main thread, and so do signals)."""
+        captured = _Slot(self.drop, self.halted)
+        segmented = _Slot(self.drop, self.halted)
+        self.slots = [captured, segmented]
+        threads = [threading.Thread(target=self._guard, args=(self._capture_stage, captured), daemon=True,
+                                    name="edgeseg-capture"),
+                   threading.Thread(target=self._guard, args=(self._segment_stage, captured, segmented),
+                                    daemon=True, name="edgeseg-segment")]
+        self.threads = threads
+        for t in threads:
+            t.start()
+        while not self.stop:
+            job = segmented.get()
+            if job is None:
+                break
+            keep_going = self.output(job)
+            if not keep_going:
+                self.stopped = "window"
+                break
+            if self.done():
+                break
+        self.halt.set()
+        if self.failed is not None:
+            raise self.failed
+
+    def _guard(self, stage, *slots: _Slot) -> None:
+        """Run a stage's thread; what it raises ends the run and is raised in the caller's thread."""
+        try:
+            stage(*slots)
+        except BaseException as exc:
+            self.failed = self.failed or exc
+            self.halt.set()
+        finally:
+            slots[-1].close()  # the next stage sees the end
+
+    def _capture_stage(self, out: _Slot) -> None:
+        reads = 0
+        while not self.halted():
+            if not self.drop and self.max_frames is not None and reads >= self.max_frames:
+                return  # a file: exactly max_frames frames (a camera's are counted where they are output)
+            job = self.capture()
+            if job is None or not out.put(job):
+                return
+            reads += 1
+
+    def _segment_stage(self, inp: _Slot, out: _Slot) -> None:
+        while (job := inp.get()) is not None:
+            if not out.put(self.segment(job)):
+                return
+
+    def _join(self) -> None:
+        self.halt.set()
+        for slot in self.slots:
+            slot.close()
+        threads = self.threads
+        if threads and threads[0].is_alive() and hasattr(self.source, "cancel"):
+            self.source.cancel()  # a camera read in progress returns soon
+        for t in threads:
+            t.join(JOIN_S)
+
+    # ------------------------------------------------------------------ one run
+
+    def run(self) -> RunResult:
+        source, stop, log, recorder = self.source, self.stop, self.log, self.recorder
+        if hasattr(source, "cancel"):
+            stop.on_stop.append(source.cancel)
+        source.on_event = self.on_event
+        log.write({"type": "start", "time": round(time.time(), 6), **self.run_info, **source.describe(),
+                   "max_frames": self.max_frames, "recording": str(recorder.path) if recorder else None})
+        raised = None
+        try:
+            self.pipelined() if self.pipeline else self.sequential()
+            if stop:
+                self.stopped = stop.reason or "stopped"
+        except KeyboardInterrupt:
+            self.stopped, raised = "interrupted", None
+        except BaseException as exc:
+            self.stopped, raised = "error", exc
+        finally:
+            self._join()
+            recording = None
+            if recorder is not None:
+                try:
+                    recording = recorder.close()  # what was recorded is a complete, playable file
+                except Exception:  # finishing the file failed: leave no partial file under the real name
+                    recorder.abort()
+            if self.display is not None:
+                self.display.close()
+            for sink in self.sinks:
+                with contextlib.suppress(Exception):
+                    sink.close()
+            closed = self._close_processors()
+            source.close()
+            extra = {"stopped": self.stopped, "source": source.spec,
+                     "recording": str(recording) if recording else None}
+            if recorder is not None:
+                extra["recording_dropped"] = int(getattr(recorder, "dropped", 0))
+            summary = self.stats.summary(**extra)
+            summary.update({k: v for k, v in closed.items() if k not in summary})
+            if raised is not None:
+                summary["error"] = str(raised) or type(raised).__name__
+            if self.error is not None:
+                summary["error"] = str(self.error)
+            log.write(summary)
+            log.close()
         if raised is not None:
-            summary["error"] = str(raised) or type(raised).__name__
-        if error is not None:
-            summary["error"] = str(error)
-        log.write(summary)
-        log.close()
-    if raised is not None:
-        raise raised
-    return RunResult(summary, stopped, log.path, recording, stop.signum, error, events)
+            raise raised
+        return RunResult(summary, self.stopped, log.path, recording, stop.signum, self.error, self.events)
+
+    def _close_processors(self) -> dict:
+        out: dict = {}
+        for proc in self.processors:
+            try:
+                out.update(proc.close() or {})
+            except Exception as exc:
+                self.on_event({"event": "processor_failed", "processor": type(proc).__name__, "error": repr(exc),
+                               "at": "close"})
+        return out
 
 
 # --------------------------------------------------------------------------- one run, from options
@@ -336,6 +581,17 @@ def apply_bundle(options: dict, bundle: str, explicit: set[str]) -> tuple[dict, 
     out["model"] = str(b.model(name).path if name and hasattr(b, "model") else b.model_path)
     note = b.version_note() if hasattr(b, "version_note") else None
     return out, note
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def inference_threads(cores: int, pipeline: bool = True) -> int:
+    """The network's threads when ``--threads`` is not given: all cores for the sequential loop (nothing else runs
+    while the network does); half of them for the pipelined one, whose capture, pre-/post-processing, overlay and
+    encoder threads run beside the network (2 cores: 1 + 1, 4 cores: 2 + 2; see benchmarks/results/e2e.md)."""
+    return max(1, cores) if not pipeline else max(1, cores // 2)
 
 
 def load_segmenter(opts: RunOptions):
@@ -368,6 +624,9 @@ def run_session(opts: RunOptions, progress: Progress | None = print, sinks: Sequ
     if opts.model is None or opts.source is None:  # the demo: the shipped clip through the default model
         opts = replace(opts, model=opts.model or DEFAULT_RUN_MODEL, source=opts.source or str(SAMPLE_CLIP))
     check_run_options(opts)
+    processors = measurement(opts)  # before the model opens: bad output options fail first
+    if opts.threads is None:
+        opts = replace(opts, threads=inference_threads(usable_cores(), pipeline=not opts.sequential))
     seg = load_segmenter(opts)
     source = open_source(opts.source, model_size=seg.input_size, loop=opts.loop,
                          pace=(opts.fps or 0.0) if opts.pace else None, default_fps=opts.fps)
@@ -386,7 +645,8 @@ def run_session(opts: RunOptions, progress: Progress | None = print, sinks: Sequ
             elif not source.live:
                 record = out_dir / "overlay.mp4"
         rate = None if source.live else (source.fps or opts.fps or DEFAULT_FPS)  # None: measured while running
-        recorder = Recorder(record, rate) if record else None
+        # a file's video has every frame; --sequential encodes in the loop's thread too (the loop as it was)
+        recorder = Recorder(record, rate, drop=source.live, threaded=not opts.sequential) if record else None
         sinks = list(sinks)
         if opts.serve:
             from . import serve as serve_mod
@@ -403,12 +663,23 @@ def run_session(opts: RunOptions, progress: Progress | None = print, sinks: Sequ
         log = RunLog(log_path)
         with stop_on_signals(StopFlag()) as stop:
             return run_live(seg, source, log=log, recorder=recorder, display=display, sinks=sinks, overlay=overlay,
-                            max_frames=opts.max_frames, stop=stop,
+                            max_frames=opts.max_frames, stop=stop, pipeline=not opts.sequential, processors=processors,
                             info={"source": source.spec, "out": str(out_dir) if not opts.log else None})
     finally:
         for close in reversed(closers):
             with contextlib.suppress(Exception):
                 close()
+
+
+def measurement(opts: RunOptions) -> list:
+    """The per-nucleus measurement and tracking of a run (:class:`~edgeseg.device.measure_sink.MeasureSink`) when
+    ``--track``, ``--csv``, ``--ctc-out`` or ``--labels-out`` asks for it, as the loop's one processor."""
+    if not (opts.track or opts.csv or opts.ctc_out or opts.labels_out):
+        return []
+    from .measure_sink import MeasureSink
+
+    return [MeasureSink(track=opts.track, csv=opts.csv, ctc_out=opts.ctc_out, labels_out=opts.labels_out,
+                        um_per_px=opts.um_per_px)]
 
 
 # --------------------------------------------------------------------------- output places
@@ -447,3 +718,26 @@ def summary_text(summary: dict) -> str:
         c = summary.get("count") or {}
         lines.append(f"  nuclei per frame: mean {c.get('mean')}, min {c.get('min')}, max {c.get('max')}")
     return "\n".join(lines)
+
+
+class LiveThread:
+    """:func:`run_live` in a background thread of this process (an app embedding the runtime, a GUI, a benchmark
+    next to the browser stream): ``start()``, then ``close()`` stops it after the frame in flight and waits.
+    ``result`` holds the RunResult once it has stopped."""
+
+    def __init__(self, seg, source: Source, **run_options):
+        self.stop = run_options.pop("stop", None) or StopFlag()
+        self.result: RunResult | None = None
+        self._thread = threading.Thread(target=self._run, args=(seg, source, run_options), daemon=True)
+
+    def _run(self, seg, source: Source, run_options: dict) -> None:
+        self.result = run_live(seg, source, stop=self.stop, **run_options)
+
+    def start(self) -> LiveThread:
+        self._thread.start()
+        return self
+
+    def close(self, timeout: float = 60.0) -> RunResult | None:
+        self.stop.set("closed")
+        self._thread.join(timeout)
+        return self.result

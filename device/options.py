@@ -55,6 +55,19 @@ class RunOptions:
     serve: str | None = _opt(None, "Also stream the overlay to a browser (host 127.0.0.1 unless given; 0.0.0.0 "
                                    "needs a token).", metavar="[HOST:]PORT")
     token: str | None = _opt(None, "Token every --serve request must carry [generated for a non-loopback host].")
+    track: bool = _opt(False, "Link nuclei from frame to frame (track ids on the overlay and in the log, gap "
+                              "closing, divisions); --ctc-out needs it.", flags=("--track",))
+    csv: str | None = _opt(None, "Per-nucleus measurements, one CSV row a nucleus a frame (centroid, area, shape, "
+                                 "intensities of the original frame, track and parent id).", path="file")
+    ctc_out: str | None = _opt(None, "Write the tracks in the Cell Tracking Challenge result format to this new "
+                                     "folder (maskNNN.tif + res_track.txt).", path="dir")
+    labels_out: str | None = _opt(None, "Write an OME-TIFF label stack (T, Y, X; nuclei painted with their track "
+                                        "id) for Fiji / napari, e.g. labels.ome.tif.", path="file")
+    um_per_px: float | None = _opt(None, "Pixel size in micrometres: adds micrometre columns to --csv and the "
+                                         "physical size to --labels-out.", type=float, metavar="UM")
+    sequential: bool = _opt(False, "Capture, segment and output one frame after another in one thread instead of "
+                                   "overlapping them in three; --threads then defaults to all cores (overlapped: "
+                                   "half of them, the other stages get the rest).", flags=("--sequential",))
 
     @classmethod
     def fields(cls) -> set[str]:

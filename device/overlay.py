@@ -1,9 +1,11 @@
 """The live overlay: one outline per nucleus, an optional translucent mask, the count and the rolling FPS.
 
-Drawn with OpenCV on a BGR uint8 image (what ``cv2.imshow`` and ``cv2.VideoWriter`` take). Frames smaller than
-``min_side`` pixels (a 130x130 time-lapse) are enlarged by an integer factor first, so outlines and text stay
-legible; the labels are enlarged with nearest neighbour, so each nucleus keeps its own outline even where
-nuclei touch. Torch-free.
+Drawn with OpenCV on a BGR uint8 image (what ``cv2.imshow`` and ``cv2.VideoWriter`` take). The nuclei are
+drawn at the frame's native size, on the 8-bit RGB frame the Segmenter kept (one outline per nucleus, its inner
+border, so touching nuclei keep their own); frames smaller than ``min_side`` pixels (a 130x130 time-lapse) are
+then enlarged by an integer factor with nearest neighbour, so each outline becomes a band of whole frame pixels,
+and the text is written on the enlarged image, where it is legible. Drawing first costs the frame's pixels, not
+the enlarged ones (16x fewer for a 130x130 frame). Torch-free.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 import cv2
 import numpy as np
 
-from edgeseg.draw import STYLES, draw
+from edgeseg.draw import STYLES, corner_lines, draw, draw_nuclei, draw_track_ids, text_block
 from edgeseg.preprocess import to_rgb8
 
 MIN_SIDE = 480  # smaller frames are enlarged to at least this (integer factor)
@@ -80,8 +82,18 @@ class Overlay:
             if scale > 1:
                 base = cv2.resize(base, (base.shape[1] * scale, base.shape[0] * scale),
                                   interpolation=cv2.INTER_NEAREST)
-        else:
-            # the Segmenter converted the frame with the run's channel already: draw on that copy
-            base = base_image(frame.image, frame.order, self.channel, display_scale(frame.image.shape, self.min_side),
+            return draw(base, seg.labels, seg.count, self.fps.value, style=self.style, caption=self.caption)
+        # the Segmenter converted the frame with the run's channel already: draw on that copy, at its size
+        base = base_image(frame.image, frame.order, self.channel, rgb=getattr(seg, "rgb", None))
+        if seg.labels.shape[:2] != base.shape[:2]:  # labels of another size: draw as the core does
+            base = base_image(frame.image, frame.order, self.channel, display_scale(base.shape, self.min_side),
                               rgb=getattr(seg, "rgb", None))
-        return draw(base, seg.labels, seg.count, self.fps.value, style=self.style, caption=self.caption)
+            return draw(base, seg.labels, seg.count, self.fps.value, style=self.style, caption=self.caption)
+        out = draw_nuclei(base, seg.labels, seg.count, self.style)
+        scale = display_scale(out.shape, self.min_side)
+        if scale > 1:
+            out = cv2.resize(out, (out.shape[1] * scale, out.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+        if getattr(seg, "track_ids", None):  # a tracked run: each nucleus's track id at its centroid
+            draw_track_ids(out, seg.labels, seg.track_ids, scale)
+        text_block(out, corner_lines(seg.count, self.fps.value, self.caption))
+        return out

@@ -5,13 +5,19 @@ Every line is one JSON object with a ``type``:
 - ``start``: what runs (model, backend, precision, executed precision, threads, source, options);
 - ``frame``: one per processed frame: ``index``, ``timestamp`` (Unix seconds of capture), the per-stage
   milliseconds ``capture_ms``, ``preprocess_ms``, ``inference_ms``, ``postprocess_ms``, ``render_ms``,
-  ``output_ms`` (recording, display and streaming), their sum ``latency_ms``, the nucleus ``count``, and
-  ``dropped`` (frames the source dropped so far);
-- ``event``: something that happened (camera lost / retried / back, an unreadable file, a signal);
-- ``summary``: the last line: ``frames``, ``dropped``, ``fps`` (frames / wall time), ``latency_ms``
-  (``mean``, ``p50``, ``p90``, ``p99``, ``max``), ``stages_ms`` (per-stage means), ``model_fps`` (1000 /
-  mean inference ms: what the model alone would reach), ``count`` (mean, min, max), ``model``, ``backend``,
-  ``precision``, ``executed_precision``, ``threads``, ``stopped`` (why the run ended).
+  ``output_ms`` (recording, display and streaming), ``latency_ms`` (from the start of the capture to the end of
+  the output: the stages, plus ``queue_ms``, the time the frame waited between the stages of the pipelined loop,
+  0 in the sequential one), the nucleus ``count``, ``dropped`` (frames never segmented so far: those the
+  source dropped plus ``dropped_pipeline``, those the pipelined loop's hand-overs dropped for a newer frame
+  while a stage was busy); ``tiles`` for a tiled frame, ``processors_ms`` and the processors' own fields when
+  processors are attached;
+- ``event``: something that happened (camera lost / retried / back, an unreadable file, a signal, a sink or a
+  processor that failed and was detached);
+- ``summary``: the last line: ``frames``, ``dropped``, ``dropped_pipeline``, ``fps`` (frames / wall time),
+  ``latency_ms`` (``mean``, ``p50``, ``p90``, ``p99``, ``max``), ``stages_ms`` (per-stage means), ``queue_ms``
+  (mean), ``model_fps`` (1000 / mean inference ms: what the model alone would reach), ``count`` (mean, min,
+  max), ``model``, ``backend``, ``precision``, ``executed_precision``, ``threads``, ``pipeline`` (whether the
+  stages overlapped), ``stopped`` (why the run ended); ``recording_dropped`` when recording.
 
 Each line is written with one ``write`` and flushed to the OS at once, so a crash of the process loses
 nothing; a background thread ``fsync``s the file after each new line, so a pulled plug loses at most the
@@ -30,9 +36,10 @@ from pathlib import Path
 import numpy as np
 
 STAGES = ("capture", "preprocess", "inference", "postprocess", "render", "output")
-FRAME_KEYS = ("type", "index", "timestamp", *(f"{s}_ms" for s in STAGES), "latency_ms", "count", "dropped")
-SUMMARY_KEYS = ("type", "frames", "dropped", "fps", "latency_ms", "stages_ms", "model", "backend", "precision",
-                "executed_precision", "threads")
+FRAME_KEYS = ("type", "index", "timestamp", *(f"{s}_ms" for s in STAGES), "latency_ms", "queue_ms", "count",
+              "dropped", "dropped_pipeline")
+SUMMARY_KEYS = ("type", "frames", "dropped", "dropped_pipeline", "fps", "latency_ms", "stages_ms", "queue_ms",
+                "model", "backend", "precision", "executed_precision", "threads")
 
 
 class LatencyHistogram:
@@ -82,6 +89,8 @@ class RunStats:
         self.stage_sums = dict.fromkeys(STAGES, 0.0)
         self.frames = 0
         self.dropped = 0
+        self.dropped_pipeline = 0
+        self.queue_sum = 0.0
         self.count_sum = 0
         self.count_min: int | None = None
         self.count_max: int | None = None
@@ -98,6 +107,8 @@ class RunStats:
         self.count_min = c if self.count_min is None else min(self.count_min, c)
         self.count_max = c if self.count_max is None else max(self.count_max, c)
         self.dropped = int(record.get("dropped", self.dropped))
+        self.dropped_pipeline = int(record.get("dropped_pipeline", self.dropped_pipeline))
+        self.queue_sum += record.get("queue_ms", 0.0)
         if self.t_first is None:
             self.t_first = t_start
         self.t_last = t_end
@@ -111,6 +122,7 @@ class RunStats:
             "type": "summary",
             "frames": n,
             "dropped": self.dropped,
+            "dropped_pipeline": self.dropped_pipeline,
             "fps": _r(n / wall) if wall > 0 else None,
             "wall_s": _r(wall),
             "latency_ms": {
@@ -121,6 +133,7 @@ class RunStats:
                 "max": _r(self.latency.max) if n else None,
             },
             "stages_ms": stages,
+            "queue_ms": _r(self.queue_sum / n) if n else None,
             "model_fps": _r(1000.0 / inference) if inference > 0 else None,
             "count": {"mean": _r(self.count_sum / n) if n else None, "min": self.count_min, "max": self.count_max},
         }

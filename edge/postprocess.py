@@ -148,21 +148,42 @@ def _distance_seeds(
     if seed_window > 0:
         window = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (seed_window, seed_window))
         return dist > seed_fraction * cv2.dilate(dist, window)
+    # only foreground pixels can be seeds (the background is 0 deep): work on those alone
+    where = np.flatnonzero(fg)
+    d, c = dist.ravel()[where], comps.ravel()[where]
     depth = np.zeros(n_comps, dtype=np.float32)
-    np.maximum.at(depth, comps[fg], dist[fg])
-    return dist > seed_fraction * depth.take(comps)
+    np.maximum.at(depth, c, d)
+    seeds = np.zeros(fg.shape, dtype=bool)
+    seeds.ravel()[where] = d > seed_fraction * depth[c]
+    return seeds
 
 
-def _fill_from_neighbours(labels: np.ndarray, fg: np.ndarray, max_rounds: int = 4) -> None:
-    """Give unlabelled foreground pixels (watershed lines) their largest 8-neighbouring label, in place."""
-    missing = fg & (labels == 0)
-    kernel = np.ones((3, 3), np.uint8)
+_NEIGHBOURS_8 = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def _fill_from_neighbours(labels: np.ndarray, fg: np.ndarray, max_rounds: int = 4,
+                          missing: np.ndarray | None = None) -> None:
+    """Give unlabelled foreground pixels (watershed lines) their largest 8-neighbouring label, in place.
+
+    Each round reads the labels as they were before it (a 3x3 maximum filter, computed only at the missing pixels:
+    the watershed lines are a few pixels of the frame). ``missing`` (``fg & (labels == 0)``) may be given."""
+    missing = fg & (labels == 0) if missing is None else missing
+    h, w = labels.shape
+    if not labels.flags.c_contiguous:
+        raise ValueError("labels must be C-contiguous (they are filled in place)")
+    flat = labels.ravel()
+    todo = np.flatnonzero(missing)
     for _ in range(max_rounds):
-        if not missing.any():
+        if todo.size == 0:
             return
-        neighbour = cv2.dilate(labels.astype(np.float32), kernel)
-        labels[missing] = neighbour[missing].astype(np.int32)
-        missing &= labels == 0
+        ys, xs = np.divmod(todo, w)
+        best = np.zeros(todo.size, dtype=labels.dtype)
+        for dy, dx in _NEIGHBOURS_8:
+            y, x = ys + dy, xs + dx
+            inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+            np.maximum(best, np.where(inside, flat[np.where(inside, y * w + x, 0)], 0), out=best)
+        flat[todo] = best
+        todo = todo[best == 0]
 
 
 def watershed_instances(
@@ -239,12 +260,14 @@ def watershed_instances(
     image = cv2.copyMakeBorder(image, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     cv2.watershed(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR), markers)
 
-    labels = np.where(fg, markers[1:-1, 1:-1], 0)
-    labels[(labels < 0) | (labels == background)] = 0
-    _fill_from_neighbours(labels, fg)
+    inner = markers[1:-1, 1:-1]
+    keep = fg & (inner > 0) & (inner < background)  # neither a watershed line (-1) nor the background marker
+    labels = np.where(keep, inner, 0)
+    _fill_from_neighbours(labels, fg, missing=fg & ~keep)
     if min_size <= 1:
         return labels
-    return relabel_sequential(labels, min_size, sizes=np.bincount(labels[fg], minlength=n_seeds + 1))
+    # labels are 0 off the foreground: the sizes of 1..N are those counted on the foreground (entry 0 is not read)
+    return relabel_sequential(labels, min_size, sizes=np.bincount(labels.ravel(), minlength=n_seeds + 1))
 
 
 # --------------------------------------------------------------------------- config

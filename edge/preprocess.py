@@ -8,6 +8,8 @@ and training's tensors are bit-identical to the runtime's (tests/test_preprocess
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 
@@ -33,13 +35,17 @@ def to_uint8(frame: np.ndarray) -> np.ndarray:
         return frame
     if frame.dtype == bool:
         return frame.astype(np.uint8) * 255
-    x = frame.astype(np.float32)
+    x = frame.astype(np.float32)  # the one float32 copy; the rest works in place on it
     lo, hi = float(np.min(x)), float(np.max(x))
     if not np.isfinite(lo) or not np.isfinite(hi):
         raise DataError("frame holds NaN or infinite values", "check the camera or file")
     if hi <= lo:
         return np.zeros(frame.shape, np.uint8)
-    return np.clip(np.rint((x - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+    x -= lo  # float32 arithmetic throughout (NumPy 2 keeps a Python float scalar weak): the same values as
+    x *= 255.0 / (hi - lo)  # np.rint((x - lo) * (255 / (hi - lo))) computed out of place
+    np.rint(x, out=x)
+    np.clip(x, 0, 255, out=x)
+    return x.astype(np.uint8)
 
 
 def to_rgb8(frame: np.ndarray, channel: str = "auto", order: str = "rgb") -> np.ndarray:
@@ -57,8 +63,7 @@ def to_rgb8(frame: np.ndarray, channel: str = "auto", order: str = "rgb") -> np.
     if f.ndim == 3 and f.shape[2] == 1:
         f = f[:, :, 0]
     if f.ndim == 2:
-        g = to_uint8(f)
-        return np.repeat(g[:, :, None], 3, axis=2)
+        return _gray_to_rgb(to_uint8(f))
     if f.ndim != 3 or f.shape[2] not in (3, 4):
         raise DataError(f"unsupported frame shape {f.shape}", "give HxW, HxWx1, HxWx3 or HxWx4 pixels")
     rgb = f[:, :, :3]
@@ -71,7 +76,12 @@ def to_rgb8(frame: np.ndarray, channel: str = "auto", order: str = "rgb") -> np.
         g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     else:
         g = rgb[:, :, _CHANNEL_INDEX[channel]]
-    return np.repeat(g[:, :, None], 3, axis=2)
+    return _gray_to_rgb(g)
+
+
+def _gray_to_rgb(g: np.ndarray) -> np.ndarray:
+    """uint8 HxW -> HxWx3 with the value in every channel (OpenCV: one pass, no index arrays)."""
+    return cv2.cvtColor(np.ascontiguousarray(g), cv2.COLOR_GRAY2RGB)
 
 
 def resize_to(image: np.ndarray, size: tuple[int, int] | int) -> np.ndarray:
@@ -91,12 +101,43 @@ def resize_labels(labels: np.ndarray, size: tuple[int, int] | int) -> np.ndarray
     return cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
 
 
-def normalise(rgb8: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
-    """uint8 HxWx3 (or NxHxWx3) RGB -> float32 3xHxW (or Nx3xHxW), scaled to [0, 1] then standardised."""
+def _normalise_reference(rgb8: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """:func:`normalise` spelt out in float32 arithmetic (any dtype; what the lookup tables are built with)."""
     x = rgb8.astype(np.float32) * np.float32(1 / 255)
     x -= np.asarray(mean, np.float32)
     x /= np.asarray(std, np.float32)
     return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+
+@functools.lru_cache(maxsize=16)
+def _normalise_luts(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """3 x 256 float32: the normalised value of every uint8 level per channel, by the same float32 operations as
+    :func:`_normalise_reference` (so a lookup gives the very same bits)."""
+    levels = np.arange(256, dtype=np.uint8)[:, None, None].repeat(3, axis=2)  # 256 x 1 x 3, an "image"
+    luts = np.ascontiguousarray(_normalise_reference(levels, mean, std)[:, :, 0])  # 3 x 256
+    luts.setflags(write=False)
+    return luts
+
+
+def normalise(rgb8: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """uint8 HxWx3 (or NxHxWx3) RGB -> float32 3xHxW (or Nx3xHxW), scaled to [0, 1] then standardised.
+
+    One pass: each uint8 plane is looked up in a 256-entry float32 table per channel and written straight into the
+    channels-first output (no float64, no intermediate HxWx3 float copies); bit-identical to the arithmetic in
+    :func:`_normalise_reference`, which other dtypes and channel counts still take."""
+    x = np.asarray(rgb8)
+    if x.dtype != np.uint8 or x.ndim not in (3, 4) or x.shape[-1] != 3:
+        return _normalise_reference(x, mean, std)
+    luts = _normalise_luts(tuple(float(m) for m in np.ravel(mean)), tuple(float(s) for s in np.ravel(std)))
+    batch = x if x.ndim == 4 else x[None]
+    out = np.empty((batch.shape[0], 3, batch.shape[1], batch.shape[2]), np.float32)
+    for i in range(batch.shape[0]):
+        for c, plane in enumerate(cv2.split(np.ascontiguousarray(batch[i]))):
+            dst = out[i, c]
+            got = cv2.LUT(plane, luts[c], dst=dst)
+            if not np.shares_memory(got, dst):  # an OpenCV build that did not write in place
+                dst[...] = got
+    return out if x.ndim == 4 else out[0]
 
 
 def preprocess(

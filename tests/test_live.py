@@ -31,6 +31,7 @@ from edgeseg.device.live import (
 from edgeseg.device.overlay import Overlay
 from edgeseg.device.runlog import FRAME_KEYS, STAGES, SUMMARY_KEYS, RunLog, read_log
 from edgeseg.device.sources import OpenCVCameraSource, SyntheticSource, open_source
+from edgeseg.errors import EdgesegError
 from edgeseg.segmenter import Segmenter
 from edgeseg.zoo import DEFAULT_RUN_MODEL, SAMPLE_CLIP, zoo_entries
 
@@ -96,10 +97,12 @@ def check_log_schema(path: Path) -> list[dict]:
     for rec in frames:
         assert set(FRAME_KEYS) <= set(rec)
         stages = sum(rec[f"{s}_ms"] for s in STAGES)
-        assert all(rec[f"{s}_ms"] >= 0 for s in STAGES) and rec["latency_ms"] > 0
-        # the stages are disjoint parts of the frame's latency (exact by construction, up to the 3-decimal rounding);
-        # that they cover all of it is checked on a fake clock, test_stages_add_up_to_the_latency
-        assert stages <= rec["latency_ms"] + 0.01
+        assert all(rec[f"{s}_ms"] >= 0 for s in STAGES) and rec["latency_ms"] > 0 and rec["queue_ms"] >= 0
+        # the stages and the waits between them (pipelined loop) are disjoint parts of the frame's latency (exact by
+        # construction, up to the 3-decimal rounding); that they cover all of it is checked on a fake clock,
+        # test_stages_add_up_to_the_latency
+        assert stages + rec["queue_ms"] + rec.get("processors_ms", 0.0) <= rec["latency_ms"] + 0.02
+        assert rec["dropped_pipeline"] <= rec["dropped"]
         assert isinstance(rec["count"], int) and rec["count"] >= 0
     assert [rec["index"] for rec in frames] == sorted(rec["index"] for rec in frames)
     summary = lines[-1]
@@ -431,7 +434,9 @@ def test_soak_thousands_of_frames_without_memory_growth(tiny_model, tmp_path):
 def test_stages_add_up_to_the_latency(tiny_model, tmp_path, monkeypatch):
     """On a clock that moves only when a stage works (capture 3 ms, the model 2 + 5 + 1 ms, the sink 1 ms), every
     frame's stages add up to its latency exactly: nothing the loop does for a frame is left untimed or counted twice.
-    (Replaces a "stage sum within 5 ms of the latency" check on the real clock, which a busy machine broke.)"""
+    (Replaces a "stage sum within 5 ms of the latency" check on the real clock, which a busy machine broke.) The
+    sequential loop: in the pipelined one the stages of other frames move a shared clock too (its stages and queue
+    time are checked against the latency in check_log_schema and test_pipelined_stages_and_waits_cover_the_latency)."""
     import types
 
     import edgeseg.device.live as live_module
@@ -462,9 +467,10 @@ def test_stages_add_up_to_the_latency(tiny_model, tmp_path, monkeypatch):
             pass
 
     result = run_live(Timed(), Camera((64, 64), 4), log=RunLog(tmp_path / "t.jsonl"), sinks=[Viewer()],
-                      overlay=Overlay(min_side=64))
+                      overlay=Overlay(min_side=64), pipeline=False)
     frames = [r for r in check_log_schema(tmp_path / "t.jsonl") if r["type"] == "frame"]
     assert len(frames) == 4 and result.summary["frames"] == 4
+    assert all(rec["queue_ms"] == 0.0 for rec in frames) and result.summary["pipeline"] is False
     expected = {"capture": 3.0, "preprocess": 2.0, "inference": 5.0, "postprocess": 1.0, "render": 0.0, "output": 1.0}
     for rec in frames:
         assert {s: rec[f"{s}_ms"] for s in STAGES} == pytest.approx(expected, abs=1e-3)
@@ -512,3 +518,321 @@ def test_run_from_a_bundle_uses_its_model_and_default_options(tiny_model, tmp_pa
     model_copy.write_bytes(model_copy.read_bytes()[:-1] + b"\1")
     res = cli("run", "--bundle", str(model_copy.parent.parent), "--no-display", "--no-record")
     assert res.exit_code == 2 and "sha256" in res.output
+
+
+# --------------------------------------------------------------------------- the pipelined loop
+
+
+class _LiveSynthetic(SyntheticSource):
+    """Synthetic frames that come like a camera's (``live``: the pipelined loop drops rather than waits), as fast as
+    they are read once ``gate`` is set (frame 0 comes at once); ``exhausted`` is set once the last frame was read,
+    ``reads`` counts the frames read."""
+
+    live = True
+
+    def __init__(self, *args, **kw):
+        import threading
+
+        super().__init__(*args, **kw)
+        self.gate, self.exhausted = threading.Event(), threading.Event()
+        self.reads = 0
+
+    def _read(self):
+        if self.index > 0:
+            assert self.gate.wait(60)
+        got = super()._read()
+        if got is None:
+            self.exhausted.set()
+        else:
+            self.reads += 1
+        return got
+
+
+class _Areas:
+    """A processor: the mean nucleus area of each frame into its record, the frames seen into the summary."""
+
+    def __init__(self):
+        self.seen = 0
+
+    def process(self, frame, result):
+        self.seen += 1
+        area = int((result.labels > 0).sum())
+        return {"mean_area": round(area / max(result.count, 1), 3), "count": -1}  # "count" is the loop's own
+
+    def close(self):
+        return {"area_frames": self.seen}
+
+
+def _frames(path: Path) -> list[dict]:
+    return [r for r in read_log(path) if r["type"] == "frame"]
+
+
+def test_pipelined_loop_gives_the_sequential_counts_and_log_schema(tiny_model, tmp_path):
+    """Same frames, same counts, same keys in every line, whether the stages overlap or not (with an overlay, a
+    recording, a sink and a processor attached)."""
+    from edgeseg.device.recorder import Recorder
+
+    class Sink:
+        def __init__(self):
+            self.indices = []
+
+        def publish(self, img, stats):
+            self.indices.append(stats["frame"]["index"])
+
+        def close(self):
+            pass
+
+    seg = Segmenter.load(tiny_model)
+    runs = {}
+    for pipeline in (False, True):
+        log, sink = tmp_path / f"{pipeline}.jsonl", Sink()
+        result = run_live(seg, SyntheticSource((96, 72), 20), log=RunLog(log), sinks=[sink], pipeline=pipeline,
+                          recorder=Recorder(tmp_path / f"{pipeline}.mp4", 10.0, drop=False), processors=[_Areas()],
+                          overlay=Overlay(min_side=96))
+        assert result.stopped == "end" and result.summary["pipeline"] is pipeline
+        assert sink.indices == list(range(20))  # every frame, in order
+        assert video_frame_count(tmp_path / f"{pipeline}.mp4") == 20
+        runs[pipeline] = check_log_schema(log)
+    seq, pipe = runs[False], runs[True]
+    assert [(r["index"], r["count"], r["mean_area"]) for r in seq if r["type"] == "frame"] == \
+           [(r["index"], r["count"], r["mean_area"]) for r in pipe if r["type"] == "frame"]
+    assert [r["type"] for r in seq] == [r["type"] for r in pipe]
+    for a, b in zip(seq, pipe, strict=True):
+        assert set(a) == set(b), (a["type"], set(a) ^ set(b))
+    assert pipe[-1]["dropped"] == pipe[-1]["dropped_pipeline"] == 0  # a file: nothing dropped, every frame waits
+    assert pipe[-1]["area_frames"] == seq[-1]["area_frames"] == 20
+    # and the shipped model on the shipped clip, when the zoo has it: the counts of the demo do not depend on the loop
+    if DEFAULT_RUN_MODEL in ZOO:
+        real = Segmenter.load(DEFAULT_RUN_MODEL, remember_scale=True)
+        counts = {}
+        for pipeline in (False, True):
+            log = tmp_path / f"clip-{pipeline}.jsonl"
+            run_live(real, open_source(SAMPLE_CLIP, model_size=real.input_size), log=RunLog(log), max_frames=12,
+                     pipeline=pipeline)
+            counts[pipeline] = [(r["index"], r["count"]) for r in _frames(log)]
+        assert counts[False] == counts[True] and len(counts[True]) == 12
+
+
+def test_pipelined_loop_drops_the_oldest_frame_when_the_output_is_slow(tiny_model, tmp_path):
+    """A camera-like source whose frames 1-29 come while a viewer stalls on frame 0 until the source has delivered
+    them all: the frames that came meanwhile are dropped (one waits per hand-over, never a queue), each one is
+    counted, and the newest frame is processed once the viewer is back. Counted, not timed."""
+    source = _LiveSynthetic((64, 64), 30)
+
+    class Stalled:
+        def __init__(self):
+            self.got = []
+
+        def publish(self, img, stats):
+            if not self.got:
+                source.gate.set()  # the camera goes on while the viewer is stuck
+                assert source.exhausted.wait(60), "the source was held back by the stalled viewer"
+            self.got.append(stats["frame"]["index"])
+
+        def close(self):
+            pass
+
+    viewer = Stalled()
+    result = run_live(Segmenter.load(tiny_model), source, log=RunLog(tmp_path / "d.jsonl"), sinks=[viewer],
+                      overlay=Overlay(min_side=64))
+    frames = [r for r in check_log_schema(tmp_path / "d.jsonl") if r["type"] == "frame"]
+    s = result.summary
+    assert result.stopped == "end" and source.reads == 30
+    assert s["frames"] + s["dropped_pipeline"] == 30  # every frame was either processed or dropped and counted
+    assert s["dropped"] == s["dropped_pipeline"] >= 30 - 4
+    # frame 0 stalled in the viewer; at most one frame in each hand-over and one in the segmentation stage
+    assert 2 <= s["frames"] <= 4 and frames[0]["index"] == 0 and frames[-1]["index"] == 29
+    assert viewer.got == [r["index"] for r in frames]
+    assert [r["dropped"] for r in frames] == sorted(r["dropped"] for r in frames)
+
+
+def test_pipelined_loop_holds_a_file_back_instead_of_dropping(tiny_model, tmp_path):
+    """The same stalled viewer on a file: the source is read only as far as the hand-overs hold (nothing runs ahead,
+    nothing queues), then every frame is processed; none is dropped."""
+    source = SyntheticSource((64, 64), 12)
+    reads = []
+    real_read = source.read
+
+    def counted_read():
+        frame = real_read()
+        if frame is not None:
+            reads.append(frame.index)
+        return frame
+
+    source.read = counted_read
+
+    class Stalled:
+        n = 0
+
+        def publish(self, img, stats):
+            if self.n == 0:
+                deadline = time.monotonic() + 60
+                while len(reads) < 4 and time.monotonic() < deadline:  # the pipeline fills up behind the viewer
+                    time.sleep(0.005)
+                self.ahead = len(reads)
+            self.n += 1
+
+        def close(self):
+            pass
+
+    viewer = Stalled()
+    result = run_live(Segmenter.load(tiny_model), source, sinks=[viewer], overlay=Overlay(min_side=64))
+    assert 4 <= viewer.ahead <= 5  # frame 0 in the viewer, 1 in the output hand-over, 2 in segmentation, 3 captured
+    assert result.summary["frames"] == 12 and result.summary["dropped"] == 0 and viewer.n == 12
+
+
+def test_pipelined_stages_and_waits_cover_the_latency(tiny_model, tmp_path, monkeypatch):
+    """On a fake clock that every stage thread moves (under a lock), each frame's stages plus the time it waited
+    between them add up to its latency: the pipelined loop leaves nothing untimed and counts nothing twice."""
+    import threading
+    import types
+
+    import edgeseg.device.live as live_module
+
+    lock = threading.Lock()
+    clock = types.SimpleNamespace(now=1000.0)
+
+    def advance(dt):
+        with lock:
+            clock.now += dt
+
+    monkeypatch.setattr(live_module, "time", types.SimpleNamespace(perf_counter=lambda: clock.now, time=time.time))
+    real = Segmenter.load(tiny_model)
+
+    class Timed:
+        info, channel = real.info, real.channel
+
+        def __call__(self, image, order="rgb"):
+            t = clock.now
+            result = real(image, order)
+            advance(0.008)
+            d = (clock.now - t) * 1e3  # what passed while this frame was segmented, other threads included
+            result.timings = {"preprocess": d / 4, "inference": d / 2, "postprocess": d / 4}
+            return result
+
+    class Camera(SyntheticSource):
+        def read(self):
+            advance(0.003)
+            return super().read()
+
+    class Viewer:
+        def publish(self, img, stats):
+            advance(0.001)
+
+        def close(self):
+            pass
+
+    result = run_live(Timed(), Camera((64, 64), 8), log=RunLog(tmp_path / "t.jsonl"), sinks=[Viewer()],
+                      overlay=Overlay(min_side=64))
+    frames = [r for r in check_log_schema(tmp_path / "t.jsonl") if r["type"] == "frame"]
+    assert len(frames) == 8 and result.summary["pipeline"] is True
+    for rec in frames:
+        covered = sum(rec[f"{s}_ms"] for s in STAGES) + rec["queue_ms"]
+        assert covered == pytest.approx(rec["latency_ms"], abs=0.02)
+        assert rec["capture_ms"] >= 3.0 - 1e-3 and rec["output_ms"] >= 1.0 - 1e-3
+
+
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_processors_fields_land_in_the_records_and_a_failing_one_is_detached(tiny_model, tmp_path, pipeline):
+    class Broken:
+        calls = 0
+
+        def process(self, frame, result):
+            self.calls += 1
+            if frame.index == 2:
+                raise ValueError("tracker lost")
+            return {"track": frame.index}
+
+        def close(self):
+            return {"never": "merged"}  # detached: not closed
+
+    areas, broken = _Areas(), Broken()
+    result = run_live(Segmenter.load(tiny_model), SyntheticSource((64, 64), 6), log=RunLog(tmp_path / "p.jsonl"),
+                      processors=[broken, areas], pipeline=pipeline)
+    lines = check_log_schema(tmp_path / "p.jsonl")
+    frames = [r for r in lines if r["type"] == "frame"]
+    assert len(frames) == 6 and broken.calls == 3  # frames 0, 1 and the one that raised; then detached
+    assert [r.get("track") for r in frames] == [0, 1, None, None, None, None]
+    assert all("mean_area" in r and r["count"] >= 0 and r["processors_ms"] >= 0 for r in frames)
+    failed = [r for r in lines if r["type"] == "event" and r["event"] == "processor_failed"]
+    assert len(failed) == 1 and failed[0]["processor"] == "Broken" and "tracker lost" in failed[0]["error"]
+    assert result.summary["area_frames"] == 6 and "never" not in result.summary
+    assert any(e["event"] == "processor_failed" for e in result.events)
+
+
+def test_a_slow_encoder_drops_frames_and_never_blocks_the_writer(tmp_path, monkeypatch):
+    """The recorder's worker is held in its first encode: writes return at once, the frames it cannot keep up with
+    are dropped and counted (drop=True, a camera), the rest are encoded once it is released."""
+    import threading
+
+    from edgeseg.device.recorder import QUEUE_FRAMES, Recorder
+
+    release = threading.Event()
+    rec = Recorder(tmp_path / "slow.mp4", 10.0, drop=True)
+    real_write = rec._write
+
+    def slow_write(bgr):
+        assert release.wait(60)
+        real_write(bgr)
+
+    monkeypatch.setattr(rec, "_write", slow_write)
+    for i in range(10):
+        rec.write(np.full((48, 64, 3), i * 20, np.uint8))  # would hang here if a write waited for the encoder
+    assert rec.dropped >= 10 - 1 - QUEUE_FRAMES
+    release.set()
+    assert rec.close() == tmp_path / "slow.mp4"
+    assert rec.encoded + rec.dropped == rec.frames == 10
+    assert video_frame_count(tmp_path / "slow.mp4") == rec.encoded
+
+
+def test_a_file_recording_waits_for_the_encoder_and_keeps_every_frame(tmp_path):
+    from edgeseg.device.recorder import Recorder
+
+    rec = Recorder(tmp_path / "all.avi", 10.0, drop=False)
+    for i in range(25):
+        rec.write(np.full((40, 40, 3), i * 10, np.uint8))
+    assert rec.close() == tmp_path / "all.avi"
+    assert rec.dropped == 0 and rec.encoded == 25 and video_frame_count(tmp_path / "all.avi") == 25
+
+
+def test_sequential_option_and_default_threads(tiny_model, tmp_path):
+    from edgeseg.device.live import inference_threads
+
+    assert inference_threads(2) == 1 and inference_threads(4) == 2 and inference_threads(1) == 1
+    assert inference_threads(2, pipeline=False) == 2 and inference_threads(4, pipeline=False) == 4
+    log = tmp_path / "s.jsonl"
+    res = cli("run", "--model", str(tiny_model), "--source", "synthetic:64x64:5", "--no-display", "--no-record",
+              "--log", str(log), "--sequential", "--json")
+    assert res.exit_code == 0, res.output
+    lines = check_log_schema(log)
+    assert lines[0]["pipeline"] is False and lines[-1]["pipeline"] is False and lines[-1]["frames"] == 5
+
+
+def test_track_csv_and_ctc_out_write_readable_measurements_and_tracks(tmp_path):
+    import tifffile
+
+    out = tmp_path / "run"
+    opts = RunOptions(model=DEFAULT_RUN_MODEL, source=str(SAMPLE_CLIP), max_frames=6, threads=1, track=True,
+                      csv=str(tmp_path / "m.csv"), ctc_out=str(tmp_path / "ctc"), out=str(out))
+    result = run_session(opts, progress=None)
+    assert result.exit_code == 0 and result.summary["frames"] == 6
+    frames = [r for r in read_log(out / "run.jsonl") if r["type"] == "frame"]
+    assert all("tracks" in r for r in frames)
+    rows = (tmp_path / "m.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert {"frame", "track_id", "area", "centroid_x", "mean_intensity"} <= set(header)
+    assert len(rows) - 1 == sum(r["count"] for r in frames)  # one row a nucleus a frame
+    masks = sorted((tmp_path / "ctc").glob("mask*.tif"))
+    assert len(masks) == 6 and tifffile.imread(masks[0]).dtype == np.uint16
+    tracks = [line.split() for line in (tmp_path / "ctc" / "res_track.txt").read_text().splitlines()]
+    assert tracks and all(len(t) == 4 and int(t[1]) <= int(t[2]) for t in tracks)  # L B E P
+    assert {int(t[0]) for t in tracks} == set(np.unique(np.concatenate([np.unique(tifffile.imread(m))
+                                                                         for m in masks]))) - {0}
+
+
+def test_ctc_out_without_track_is_refused_before_anything_runs(tmp_path):
+    opts = RunOptions(model=DEFAULT_RUN_MODEL, source=str(SAMPLE_CLIP), max_frames=2, ctc_out=str(tmp_path / "c"),
+                      out=str(tmp_path / "run"))
+    with pytest.raises(EdgesegError):
+        run_session(opts, progress=None)
+    assert not (tmp_path / "run").exists()

@@ -22,7 +22,27 @@ def test_small_frames_are_enlarged_and_labels_follow():
     out = Overlay().render(Frame(frame16, 0, 0.0), seg)
     assert out.shape == (520, 520, 3)
     assert np.array_equal(out[200, 160], PALETTE[2]) and np.array_equal(out[160, 200], PALETTE[2])
-    assert np.array_equal(out[161, 200], base[161, 200])  # inside: the image
+    # drawn at the frame's size, then enlarged: the outline is one frame pixel wide, 4 display pixels
+    assert np.array_equal(out[163, 200], PALETTE[2]) and np.array_equal(out[200, 239], PALETTE[2])
+    assert np.array_equal(out[164, 200], base[164, 200])  # inside: the image
+    assert np.array_equal(out[159, 200], base[159, 200])  # outside too
+
+
+def test_touching_nuclei_keep_their_own_outlines_when_drawn_small_and_enlarged():
+    frame = np.full((100, 120), 40, np.uint8)
+    labels = np.zeros((100, 120), np.int32)
+    labels[30:60, 20:50] = 1
+    labels[30:60, 50:80] = 2  # touching along column 49 | 50
+    rgb = np.repeat(frame[..., None], 3, 2)
+    seg = Segmentation(labels > 0, labels, 2, np.zeros((1, 256, 256), np.float32), rgb=rgb)
+    out = Overlay(min_side=400).render(Frame(frame, 0, 0.0), seg)
+    assert out.shape == (400, 480, 3)  # x4
+    row = out[45 * 4 + 1]
+    assert np.array_equal(row[49 * 4 + 1], PALETTE[2]) and np.array_equal(row[50 * 4 + 1], PALETTE[3])
+    assert np.array_equal(row[35 * 4], [40, 40, 40])  # the inside of nucleus 1 is the frame
+    # the same picture as enlarging first and drawing after, for the mask: only the outlines' width differs
+    mask = Overlay("mask", min_side=400).render(Frame(frame, 0, 0.0), seg)
+    assert np.array_equal(mask[200, 140], mask[201, 141]) and not np.array_equal(mask[200, 140], [40, 40, 40])
 
 
 def test_display_stream_is_drawn_on_when_the_source_has_one():

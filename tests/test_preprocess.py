@@ -79,3 +79,40 @@ def test_resize_shrinks_by_area_and_keeps_uint8():
 def test_normalise_batches():
     batch = np.zeros((2, 8, 8, 3), np.uint8)
     assert normalise(batch).shape == (2, 3, 8, 8)
+
+
+def _normalise_by_arithmetic(rgb8, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """The formula the tensors were always made with (float32 throughout), written out here as the golden reference."""
+    x = rgb8.astype(np.float32) * np.float32(1 / 255)
+    x -= np.asarray(mean, np.float32)
+    x /= np.asarray(std, np.float32)
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+
+@pytest.mark.parametrize("shape", [(7, 9, 3), (3, 33, 17, 3), (256, 256, 3)])
+def test_normalise_by_lookup_is_bit_identical_to_the_arithmetic(shape):
+    rng = np.random.default_rng(sum(shape))
+    x = rng.integers(0, 256, shape, dtype=np.uint8)
+    flat = x.reshape(-1, 3)
+    n = min(256, len(flat))
+    flat[:n] = np.arange(n, dtype=np.uint8)[:, None]  # every level in every channel, where the image is large enough
+    for args in ((), ((0.5, 0.4, 0.3), (0.2, 0.3, 0.1))):
+        got = normalise(x, *args)
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        assert np.array_equal(got.view(np.uint32), _normalise_by_arithmetic(x, *args).view(np.uint32))
+    flipped = x[..., ::-1]  # a non-contiguous view (BGR as RGB) takes the same path
+    assert np.array_equal(normalise(flipped), _normalise_by_arithmetic(flipped))
+    floats = x.astype(np.float32)  # other dtypes keep the arithmetic
+    assert np.array_equal(normalise(floats), _normalise_by_arithmetic(floats))
+
+
+def test_to_uint8_in_place_gives_the_same_bytes_as_the_formula():
+    rng = np.random.default_rng(3)
+    for dtype in (np.uint16, np.int32, np.float32, np.float64):
+        frame = (rng.random((40, 50)) * 4000 + 123).astype(dtype)
+        x = frame.astype(np.float32)
+        lo, hi = float(x.min()), float(x.max())
+        expected = np.clip(np.rint((x - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+        assert np.array_equal(to_uint8(frame), expected)
+    gray = rng.integers(0, 256, (5, 6), dtype=np.uint8)
+    assert np.array_equal(to_rgb8(gray), np.repeat(gray[:, :, None], 3, axis=2))
