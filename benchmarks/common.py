@@ -13,6 +13,8 @@ import platform
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from edgeseg.fsutil import atomic_write_json, atomic_write_text
 
 HERE = Path(__file__).resolve().parent
@@ -120,3 +122,20 @@ def tuned_postprocess(predict, card: dict, dsb: Path = DSB) -> dict:
         predict, split_samples(dsb, "val"), postprocess_candidates(card["out_channels"], card["threshold"]),
         size=card["input_size"][0], normalisation=card["normalisation"])
     return best.to_dict()
+
+
+def time_file(path: Path, backend: str, threads: int, x: np.ndarray, iterations: int, warmup: int) -> dict:
+    """One timing of one file on one backend, with the CPU share other processes took meanwhile."""
+    from edgeseg.backends import open_backend
+    from edgeseg.device.bench import time_predictor
+    from edgeseg.device.hardware import cpu_snapshot, other_cpu_share
+
+    be = open_backend(path, backend, threads)
+    try:
+        before = cpu_snapshot()
+        t = time_predictor(be, x, iterations, warmup)
+        share = other_cpu_share(before, cpu_snapshot(), os.cpu_count() or 1)
+        return {"fps": t["fps"], "p50_ms": t["latency_ms"]["p50"], "executed": be.executed_precision,
+                "other_cpu_share": share}
+    finally:
+        be.close()

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import DSB, RESULTS, cpu_name, fmt, load_average, markdown_table, write_results
+from common import DSB, RESULTS, cpu_name, fmt, load_average, markdown_table, time_file, write_results
 
 CANDIDATES = ("shuffle_unet", "lite_unet", "lraspp_lite", "mobilenetv2_unet_s")
 REFERENCE = "fast_scnn"
@@ -101,23 +101,6 @@ def build_files(names: list[str], work: Path, calib) -> dict:
     return entries
 
 
-def measure(path: Path, backend: str, threads: int, x: np.ndarray, iterations: int, warmup: int) -> dict:
-    """One timing of one file, with the CPU share other processes took meanwhile."""
-    from edgeseg.backends import backend_class
-    from edgeseg.device.bench import time_predictor
-    from edgeseg.device.hardware import cpu_snapshot, other_cpu_share
-
-    be = backend_class(backend)(path, threads)
-    try:
-        before = cpu_snapshot()
-        timing = time_predictor(be, x, iterations, warmup)
-        share = other_cpu_share(before, cpu_snapshot(), os.cpu_count() or 1)
-        return {"fps": timing["fps"], "p50_ms": timing["latency_ms"]["p50"], "executed": be.executed_precision,
-                "other_cpu_share": share}
-    finally:
-        be.close()
-
-
 def run(entries: dict, args, x: np.ndarray) -> list[dict]:
     files = [(SHIPPED_NAME, "int8", SHIPPED)] + [
         (name, p, e["files"][p]) for name, e in entries.items() for p in PRECISIONS]
@@ -126,7 +109,7 @@ def run(entries: dict, args, x: np.ndarray) -> list[dict]:
         for backend in args.backends:
             for threads in args.threads:
                 for name, precision, path in files:
-                    m = measure(path, backend, threads, x, args.iterations, args.warmup)
+                    m = time_file(path, backend, threads, x, args.iterations, args.warmup)
                     rows.append({"round": r, "name": name, "precision": precision, "backend": backend,
                                  "threads": threads, **m})
                 ref = next(z["fps"] for z in rows[-len(files):] if z["name"] == SHIPPED_NAME)

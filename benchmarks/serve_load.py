@@ -18,14 +18,13 @@ import json
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 from common import machine_line, markdown_table
 
-from edgeseg.device.hardware import hardware_report
-from edgeseg.device.live import StopFlag, load_segmenter, run_live
+from edgeseg.device.hardware import hardware_report, rss_mb
+from edgeseg.device.live import LiveThread, load_segmenter
 from edgeseg.device.options import RunOptions
 from edgeseg.device.serve import BOUNDARY, LiveFeed, serve
 from edgeseg.device.sources import open_source
@@ -35,21 +34,10 @@ from edgeseg.zoo import DEFAULT_RUN_MODEL, SAMPLE_CLIP
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-def _wait(cond, timeout=5.0, step=0.02) -> bool:
+def _wait(cond, timeout: float) -> None:
     end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
+    while not cond() and time.monotonic() < end:
+        time.sleep(0.02)
 
 
 class _Probe:
@@ -75,29 +63,12 @@ class _Probe:
         self.feed.close()
 
 
-class _LiveRun:
+def live_run(model: str, probe) -> LiveThread:
     """The real runtime loop (run_live: source -> Segmenter -> overlay -> sinks) on the shipped clip, looping, in
     a thread of this process, so the server shares the loop's process and GIL as it does under `edgeseg run`."""
-
-    def __init__(self, model: str, feed: LiveFeed):
-        # one inference thread: on this 2-core machine the load's own clients (on loopback) need the other core
-        self.seg = load_segmenter(RunOptions(model=model, source=str(SAMPLE_CLIP), threads=1))
-        self.source = open_source(SAMPLE_CLIP, model_size=self.seg.input_size, loop=True)
-        self.stop = StopFlag()
-        self.probe = _Probe(feed)
-        self.result = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        self.result = run_live(self.seg, self.source, sinks=[self.probe], stop=self.stop)
-
-    def start(self) -> _LiveRun:
-        self.thread.start()
-        return self
-
-    def close(self) -> None:
-        self.stop.set("test")
-        self.thread.join(20)
+    # one inference thread: on this 2-core machine the load's own clients (on loopback) need the other core
+    seg = load_segmenter(RunOptions(model=model, source=str(SAMPLE_CLIP), threads=1))
+    return LiveThread(seg, open_source(SAMPLE_CLIP, model_size=seg.input_size, loop=True), sinks=[probe])
 
 
 _CLIENTS = r"""
@@ -177,7 +148,8 @@ def measure(model: str = DEFAULT_RUN_MODEL, pairs: int = 5) -> dict:
     """The A/B blocks and their summary (see the module docstring)."""
     feed = LiveFeed()
     server = serve(feed, port=0, max_streams=9)  # 8 readers + the stalled one
-    pipe = _LiveRun(model, feed)
+    probe = _Probe(feed)
+    pipe = live_run(model, probe)
     clients, enc = None, []
 
     def run_block(kind: str) -> dict:
@@ -189,7 +161,6 @@ def measure(model: str = DEFAULT_RUN_MODEL, pairs: int = 5) -> dict:
         if kind == "B":
             _wait(lambda: server.streams == 0 and server.connections == 0, 3.0)
         enc.append(feed.encodes)
-        probe = pipe.probe
         idx = [i for i, t in enumerate(probe.times) if t0 <= t < t1]
         return {"kind": kind, "fps": len(idx) / (t1 - t0), "secs": t1 - t0, "frames": len(idx), "clients": out,
                 "cpu_ms": statistics.mean(probe.cpu_ms[i] for i in idx),
@@ -197,16 +168,16 @@ def measure(model: str = DEFAULT_RUN_MODEL, pairs: int = 5) -> dict:
 
     try:
         pipe.start()
-        _wait(lambda: len(pipe.probe.times) > 5, 10.0)
+        _wait(lambda: len(probe.times) > 5, 10.0)
         jpeg_bytes = len(feed.wait_jpeg(0, 5.0)[1])  # the stand-in sends what the server sends
         clients = subprocess.Popen(
             ["nice", "-n", "10", sys.executable, "-c", _CLIENTS, "8", f"--{BOUNDARY}\r\n", str(jpeg_bytes),
              str(1 / feed.min_interval)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         enc.append(feed.encodes)
         run_block("A"), run_block("B")  # warm-up: first connections, first encodes, thread stacks
-        rss0, enc0 = _rss_mb(), feed.encodes
+        rss0, enc0 = rss_mb(), feed.encodes
         blocks = [run_block(k) for k in "ABBA" * pairs]
-        rss1 = _rss_mb()
+        rss1 = rss_mb()
     finally:
         if clients is not None:
             clients.stdin.close()

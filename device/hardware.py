@@ -275,3 +275,12 @@ def format_report(report: dict) -> str:
         if temps or flags:
             lines.append(f"Thermal {when}: {temps or 'no sensor'}{flags}")
     return "\n".join(lines)
+
+
+def rss_mb() -> float | None:
+    """This process's resident memory in MB (from /proc; None where there is none)."""
+    text = _read(Path("/proc/self/status"))
+    for line in (text or "").splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return None

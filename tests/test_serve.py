@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeseg.device.live import RunOptions, StopFlag, load_segmenter, run_live
+from edgeseg.device.hardware import rss_mb
+from edgeseg.device.live import LiveThread, RunOptions, load_segmenter
 from edgeseg.device.serve import BOUNDARY, LiveFeed, is_loopback, parse_hostport, serve
 from edgeseg.device.sources import open_source
 from edgeseg.errors import EdgesegError
@@ -72,14 +73,6 @@ def _read_part(resp) -> bytes:
     data = resp.fp.read(int(headers["content-length"]))
     assert resp.fp.read(2) == b"\r\n"
     return data
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 def _wait(cond, timeout=60.0, step=0.02) -> bool:
@@ -436,28 +429,11 @@ def run_model(tmp_path_factory) -> str:
     return str(write_threshold_onnx(tmp_path_factory.mktemp("model") / "bright.onnx"))
 
 
-class _LiveRun:
-    """The real runtime loop (run_live: source -> Segmenter -> overlay -> sinks) on the shipped clip, looping, in
-    a thread of this process, so the server shares the loop's process and GIL as it does under `edgeseg run`."""
-
-    def __init__(self, model: str, feed: LiveFeed):
-        self.seg = load_segmenter(RunOptions(model=model, source=str(SAMPLE_CLIP), threads=1))
-        self.source = open_source(SAMPLE_CLIP, model_size=self.seg.input_size, loop=True)
-        self.stop = StopFlag()
-        self.feed = feed
-        self.result = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        self.result = run_live(self.seg, self.source, sinks=[self.feed], stop=self.stop)
-
-    def start(self) -> _LiveRun:
-        self.thread.start()
-        return self
-
-    def close(self) -> None:
-        self.stop.set("test")
-        self.thread.join(60)
+def live_run(model: str, feed: LiveFeed) -> LiveThread:
+    """The real runtime loop on the shipped clip, looping, in a thread of this process (the server shares the
+    loop's process and GIL as it does under `edgeseg run`)."""
+    seg = load_segmenter(RunOptions(model=model, source=str(SAMPLE_CLIP), threads=1))
+    return LiveThread(seg, open_source(SAMPLE_CLIP, model_size=seg.input_size, loop=True), sinks=[feed])
 
 
 class _CountingFeed(LiveFeed):
@@ -482,7 +458,7 @@ def test_eight_streams_and_a_stalled_client_share_one_encode_and_queue_nothing(r
     loop never waits), each frame is JPEG-encoded at most once for all clients, and memory stays flat."""
     feed = _CountingFeed()
     server = serve(feed, port=0, max_streams=9, write_timeout=3600)  # the stalled client stays for the whole test
-    pipe = _LiveRun(run_model, feed)
+    pipe = live_run(run_model, feed)
     streams, stalled, rounds = [], None, 30
     try:
         pipe.start()
@@ -502,10 +478,10 @@ def test_eight_streams_and_a_stalled_client_share_one_encode_and_queue_nothing(r
             assert len(sizes) < 8 * 2000, "the stalled client never filled its buffers"
             one_round()
             stuck = _stream_client(server, stalled)
-        frames0, enc0, stuck_last, rss0 = feed.frames, feed.encodes, stuck.last, _rss_mb()
+        frames0, enc0, stuck_last, rss0 = feed.frames, feed.encodes, stuck.last, rss_mb()
         for _ in range(rounds):
             one_round()
-        frames1, enc1, rss1 = feed.frames, feed.encodes, _rss_mb()
+        frames1, enc1, rss1 = feed.frames, feed.encodes, rss_mb()
         readers = [_stream_client(server, conn.stream_sock) for conn, _ in streams]
         last_jpeg = _read_part(streams[0][1])
         assert stuck.pending is not None and stuck.last == stuck_last and server.streams == 9
