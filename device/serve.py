@@ -15,6 +15,11 @@ use the same): no dependency, a thread per connection, light on a Raspberry Pi. 
     /stats          the runtime's live stats as JSON (the fields of the JSONL summary line)
     /snapshot.png   the latest overlay frame
     /healthz        {"status": "ok" | "waiting" | "closed", ...}
+    /series.json    the recorded time series (count, tracks, FPS per frame) as JSON; ``?since=N``: samples after N
+    /series.csv     the same series as a CSV download: ``time,frame,count,tracks,fps``, newest last
+
+The series is recorded in ``publish`` (one tuple appended to a bounded deque: the last ``series_window_s`` seconds,
+5 minutes by default, and at most ``series_max`` samples, 3000 by default, whichever is less).
 
 Only GET and HEAD (405 otherwise), unknown paths get 404, at most ``max_streams`` concurrent streams (503), and with
 a token every request must carry it (``?token=``, ``Authorization: Bearer`` or ``X-Edgeseg-Token``; 401 otherwise).
@@ -50,13 +55,16 @@ from edgeseg.errors import EdgesegError
 
 log = logging.getLogger("edgeseg.serve")
 
-ROUTES = frozenset({"/", "/stream.mjpg", "/stats", "/snapshot.png", "/healthz"})
+ROUTES = frozenset({"/", "/stream.mjpg", "/stats", "/snapshot.png", "/healthz", "/series.json", "/series.csv"})
 BOUNDARY = "edgesegframe"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 STREAM_SNDBUF = 128 * 1024  # bytes (Linux doubles it): a few frames
 DEFAULT_STREAM_FPS = 15.0  # the browser view's frame-rate cap (cells move slowly; each streamed frame costs CPU)
 STREAM_NICE = 10  # the streaming thread's niceness above the runtime loop's
+DEFAULT_SERIES_MAX = 3000  # samples kept for /series.csv and the page's chart (a bounded deque)
+DEFAULT_SERIES_WINDOW_S = 300.0  # ... and at most this many seconds of them
+SERIES_COLUMNS = ("time", "frame", "count", "tracks", "fps")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -71,8 +79,22 @@ class LiveFeed:
     newer frame than it has, outside that lock, at most ``max_fps`` times a second, and shared by all clients.
     """
 
-    def __init__(self, *, jpeg_quality: int = 80, max_fps: float | None = DEFAULT_STREAM_FPS):
+    def __init__(
+        self,
+        *,
+        jpeg_quality: int = 80,
+        max_fps: float | None = DEFAULT_STREAM_FPS,
+        series_max: int = DEFAULT_SERIES_MAX,
+        series_window_s: float | None = DEFAULT_SERIES_WINDOW_S,
+    ):
+        if int(series_max) < 1:
+            raise ValueError(f"series_max must be >= 1, got {series_max}")
         self.jpeg_quality = int(jpeg_quality)
+        self.series_max = int(series_max)
+        self.series_window_s = float(series_window_s) if series_window_s else None
+        # (seq, monotonic time, wall time, frame index, count, tracks, fps): appended by publish, oldest dropped
+        self._series: collections.deque[tuple] = collections.deque(maxlen=self.series_max)
+        self._wall_offset = time.time() - time.monotonic()  # the series' Unix times, from the one clock publish reads
         self.min_interval = 1.0 / max_fps if max_fps else 0.0
         self._cond = threading.Condition(threading.Lock())
         self._encode_lock = threading.Lock()
@@ -101,12 +123,24 @@ class LiveFeed:
         frame = np.array(overlay_bgr, dtype=np.uint8, copy=True, order="C")  # the caller may reuse its buffer
         stats = dict(stats) if stats else {}
         now = time.monotonic()
+        wall = now + self._wall_offset
+        record = stats.get("frame")
+        record = record if isinstance(record, dict) else {}
+        count = _num(stats.get("count", record.get("count")))
+        tracks = _num(record.get("tracks", stats.get("tracks")))
+        fps = _num(stats.get("fps_rolling"))
+        index = _num(record.get("index"))
         with self._cond:
             if self._closed:
                 return
             self._frame, self._stats, self._t_frame = frame, stats, now
             self._seq += 1
             self._times.append(now)
+            series = self._series
+            series.append((self._seq, now, wall, self._seq if index is None else index, count, tracks, fps))
+            if self.series_window_s is not None:
+                while series[0][1] < now - self.series_window_s:  # the newest sample always stays
+                    series.popleft()
             self._cond.notify_all()
 
     def close(self) -> None:
@@ -145,6 +179,21 @@ class LiveFeed:
             "jpeg_encodes": self.encodes,
         }
         return out
+
+    def series(self, since: int = 0) -> list[tuple]:
+        """The recorded samples after feed frame number ``since``, oldest first:
+        ``(seq, time, frame, count, tracks, fps)`` with ``time`` in Unix seconds and ``None`` for a missing field."""
+        with self._cond:
+            samples = list(self._series)
+        return [(q, w, f, c, tr, fp) for q, _, w, f, c, tr, fp in samples if q > since]
+
+    def series_csv(self) -> str:
+        """The series as CSV: ``time,frame,count,tracks,fps``, one row per sample, newest last."""
+        lines = [",".join(SERIES_COLUMNS)]
+        for _, wall, frame, count, tracks, fps in self.series():
+            row = (round(wall, 3), frame, count, tracks, fps)
+            lines.append(",".join("" if v is None else _csv_num(v) for v in row))
+        return "\n".join(lines) + "\n"
 
     def wait_jpeg(self, after: int, timeout: float) -> tuple[int, bytes] | None:
         """The newest frame as JPEG once there is one newer than frame number ``after``; None on timeout or close."""
@@ -194,6 +243,21 @@ class LiveFeed:
                 ok, buf = cv2.imencode(".png", frame, [cv2.IMWRITE_PNG_COMPRESSION, 1])
                 self._png = (seq, buf.tobytes())
             return self._png[1]
+
+
+def _num(v):
+    """A number for the series (bool and non-numbers -> None)."""
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v) if np.isfinite(v) else None
+    return None
+
+
+def _csv_num(v) -> str:
+    return str(v) if isinstance(v, int) else repr(round(v, 6))
 
 
 def _round(x, nd):
@@ -269,6 +333,29 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.dumps({"status": status, "frames": feed.frames, "streams": self.server.streams}).encode()
             code = HTTPStatus.SERVICE_UNAVAILABLE if feed.closed else HTTPStatus.OK
             self._send(code, body, "application/json")
+        elif path == "/series.json":
+            values = parse_qs(urlsplit(self.path).query).get("since")
+            try:
+                since = int(values[0]) if values else 0
+            except ValueError:
+                self._plain(HTTPStatus.BAD_REQUEST, "since must be an integer\n")
+                return
+            feed = self.server.feed
+            samples = feed.series(since)
+            body = {
+                "columns": ["seq", *SERIES_COLUMNS],
+                "samples": [
+                    [q, round(w, 3), f, c, tr, None if fp is None else round(fp, 3)] for q, w, f, c, tr, fp in samples
+                ],
+                "last": feed.frames,
+                "max": feed.series_max,
+                "window_s": feed.series_window_s,
+            }
+            self._send(HTTPStatus.OK, json.dumps(body).encode(), "application/json")
+        elif path == "/series.csv":
+            csv = self.server.feed.series_csv().encode()
+            disposition = {"Content-Disposition": 'attachment; filename="edgeseg-series.csv"'}
+            self._send(HTTPStatus.OK, csv, "text/csv; charset=utf-8", disposition)
         elif path == "/snapshot.png":
             png = self.server.feed.snapshot_png()
             if png is None:

@@ -655,3 +655,92 @@ def test_headless_chromium_watches_edgeseg_run_on_the_shipped_clip(run_model, tm
     assert all(s["count"].isdigit() and float(s["fps"]) > 0 for s in seen[1:]), seen
     shot = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
     assert shot.shape[:2] == (720, 1100) and shot.std() > 10  # a real picture, not a blank page
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the time series: /series.csv, /series.json and the page's chart
+
+
+def _csv_rows(body: bytes) -> list[list[str]]:
+    lines = body.decode().splitlines()
+    assert lines[0] == "time,frame,count,tracks,fps"
+    return [line.split(",") for line in lines[1:]]
+
+
+def test_series_csv_has_the_published_counts_in_order(feed, server):
+    status, headers, body = _request(server, "/series.csv")
+    assert status == 200 and headers["Content-Type"].startswith("text/csv") and _csv_rows(body) == []
+    for i, n in enumerate((5, 7, 3, 9)):
+        frame = {"index": 100 + i, "count": n}
+        if i >= 2:
+            frame.update(tracks=n + 1, new_tracks=1)
+        feed.publish(_frame(1), {"frame": frame, "count": n, "fps_rolling": 10.0 + i})
+    status, headers, body = _request(server, "/series.csv")
+    assert status == 200 and "attachment" in headers["Content-Disposition"]
+    rows = _csv_rows(body)
+    assert [r[2] for r in rows] == ["5", "7", "3", "9"]  # newest last
+    assert [r[1] for r in rows] == ["100", "101", "102", "103"]
+    assert [r[3] for r in rows] == ["", "", "4", "10"]  # tracks only with --track
+    assert [float(r[4]) for r in rows] == [10.0, 11.0, 12.0, 13.0]
+    times = [float(r[0]) for r in rows]
+    assert times == sorted(times) and times[0] > 1e9  # Unix seconds
+    # the JSON route the page polls: the same samples, and only the newer ones after ?since=
+    series = json.loads(_request(server, "/series.json")[2])
+    assert [s[3] for s in series["samples"]] == [5, 7, 3, 9] and series["last"] == 4
+    newer = json.loads(_request(server, f"/series.json?since={series['samples'][1][0]}")[2])
+    assert [s[3] for s in newer["samples"]] == [3, 9] and [s[4] for s in newer["samples"]] == [4, 10]
+    assert _request(server, "/series.json?since=x")[0] == 400
+    assert _request(server, "/series.csv", "HEAD")[2] == b""
+
+
+def test_series_is_bounded_and_drops_the_oldest():
+    feed = LiveFeed(series_max=5)
+    s = serve(feed, port=0)
+    try:
+        for n in range(12):
+            feed.publish(_frame(1), {"count": n})
+        rows = _csv_rows(_request(s, "/series.csv")[2])
+        assert [int(r[2]) for r in rows] == [7, 8, 9, 10, 11]
+        assert [int(r[1]) for r in rows] == [8, 9, 10, 11, 12]  # no frame index given: the feed's frame number
+        assert len(feed._series) == 5 and feed._series.maxlen == 5
+    finally:
+        s.shutdown()
+        feed.close()
+
+
+def test_series_keeps_only_the_window(monkeypatch):
+    import edgeseg.device.serve as serve_module
+
+    feed = LiveFeed(series_window_s=10.0)
+    clock = [1000.0]
+    monkeypatch.setattr(serve_module, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    for n in range(6):
+        feed.publish(_frame(1), {"count": n})
+        clock[0] += 4.0  # samples at 1000, 1004, ..., 1020
+    assert [c for _, _, _, c, _, _ in feed.series()] == [3, 4, 5]  # 1012..1020: within 10 s of the newest
+    feed.close()
+
+
+def test_series_routes_need_the_token(feed):
+    feed.publish(_frame(1), {"count": 4})
+    s = serve(feed, port=0, token="s3cret-token")
+    try:
+        for path in ("/series.csv", "/series.json", "/series.json?since=0"):
+            assert _request(s, path)[0] == 401, path
+            sep = "&" if "?" in path else "?"
+            assert _request(s, path + sep + "token=wrong")[0] == 401, path
+            assert _request(s, path + sep + "token=s3cret-token")[0] == 200, path
+        rows = _csv_rows(_request(s, "/series.csv", headers={"Authorization": "Bearer s3cret-token"})[2])
+        assert [r[2] for r in rows] == ["4"]
+    finally:
+        s.shutdown()
+
+
+def test_page_draws_the_series_from_its_own_route_and_stays_self_contained(server):
+    import re
+
+    status, headers, body = _request(server, "/")
+    page = body.decode()
+    assert status == 200 and "series.json" in page and "series.csv" in page and '<canvas id="chart"' in page
+    assert not re.search(r"https?://", page, flags=re.I), "the page names an external URL"
+    assert "<script src" not in page and "unsafe" not in headers["Content-Security-Policy"]
