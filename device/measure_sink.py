@@ -392,6 +392,8 @@ class MeasureSink:
             result.track_ids = None
         self.frames += 1
         self.rows += len(m)
+        if len(m):  # the live page's series plots it
+            record["mean_area"] = round(float(np.mean(m.columns["area"])), 2)
         if self._csv_path and "csv" not in self._outputs:
             self._outputs["csv"] = _CsvOutput(self._csv_path, self._csv_fields(m.fields), self._part_rows,
                                               *self._limits)

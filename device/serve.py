@@ -15,8 +15,8 @@ use the same): no dependency, a thread per connection, light on a Raspberry Pi. 
     /stats          the runtime's live stats as JSON (the fields of the JSONL summary line)
     /snapshot.png   the latest overlay frame
     /healthz        {"status": "ok" | "waiting" | "closed", ...}
-    /series.json    the recorded time series (count, tracks, FPS per frame) as JSON; ``?since=N``: samples after N
-    /series.csv     the same series as a CSV download: ``time,frame,count,tracks,fps``, newest last
+    /series.json    the recorded time series (count, tracks, FPS, mean area per frame) as JSON; ``?since=N``: after N
+    /series.csv     the same series as a CSV download: ``time,frame,count,tracks,fps,mean_area``, newest last
 
 The series is recorded in ``publish`` (one tuple appended to a bounded deque: the last ``series_window_s`` seconds,
 5 minutes by default, and at most ``series_max`` samples, 3000 by default, whichever is less).
@@ -64,7 +64,7 @@ DEFAULT_STREAM_FPS = 15.0  # the browser view's frame-rate cap (cells move slowl
 STREAM_NICE = 10  # the streaming thread's niceness above the runtime loop's
 DEFAULT_SERIES_MAX = 3000  # samples kept for /series.csv and the page's chart (a bounded deque)
 DEFAULT_SERIES_WINDOW_S = 300.0  # ... and at most this many seconds of them
-SERIES_COLUMNS = ("time", "frame", "count", "tracks", "fps")
+SERIES_COLUMNS = ("time", "frame", "count", "tracks", "fps", "mean_area")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -129,6 +129,7 @@ class LiveFeed:
         count = _num(stats.get("count", record.get("count")))
         tracks = _num(record.get("tracks", stats.get("tracks")))
         fps = _num(stats.get("fps_rolling"))
+        area = _num(record.get("mean_area"))  # with --track / --csv: the frame's mean nucleus area (px)
         index = _num(record.get("index"))
         with self._cond:
             if self._closed:
@@ -137,7 +138,7 @@ class LiveFeed:
             self._seq += 1
             self._times.append(now)
             series = self._series
-            series.append((self._seq, now, wall, self._seq if index is None else index, count, tracks, fps))
+            series.append((self._seq, now, wall, self._seq if index is None else index, count, tracks, fps, area))
             if self.series_window_s is not None:
                 while series[0][1] < now - self.series_window_s:  # the newest sample always stays
                     series.popleft()
@@ -182,16 +183,17 @@ class LiveFeed:
 
     def series(self, since: int = 0) -> list[tuple]:
         """The recorded samples after feed frame number ``since``, oldest first:
-        ``(seq, time, frame, count, tracks, fps)`` with ``time`` in Unix seconds and ``None`` for a missing field."""
+        ``(seq, time, frame, count, tracks, fps, mean_area)`` with ``time`` in Unix seconds and ``None`` for a missing
+        field."""
         with self._cond:
             samples = list(self._series)
-        return [(q, w, f, c, tr, fp) for q, _, w, f, c, tr, fp in samples if q > since]
+        return [(q, w, f, c, tr, fp, ar) for q, _, w, f, c, tr, fp, ar in samples if q > since]
 
     def series_csv(self) -> str:
-        """The series as CSV: ``time,frame,count,tracks,fps``, one row per sample, newest last."""
+        """The series as CSV: ``time,frame,count,tracks,fps,mean_area``, one row per sample, newest last."""
         lines = [",".join(SERIES_COLUMNS)]
-        for _, wall, frame, count, tracks, fps in self.series():
-            row = (round(wall, 3), frame, count, tracks, fps)
+        for _, wall, frame, count, tracks, fps, area in self.series():
+            row = (round(wall, 3), frame, count, tracks, fps, area)
             lines.append(",".join("" if v is None else _csv_num(v) for v in row))
         return "\n".join(lines) + "\n"
 
@@ -345,7 +347,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = {
                 "columns": ["seq", *SERIES_COLUMNS],
                 "samples": [
-                    [q, round(w, 3), f, c, tr, None if fp is None else round(fp, 3)] for q, w, f, c, tr, fp in samples
+                    [q, round(w, 3), f, c, tr, _round(fp, 3), _round(ar, 2)] for q, w, f, c, tr, fp, ar in samples
                 ],
                 "last": feed.frames,
                 "max": feed.series_max,

@@ -663,7 +663,7 @@ def test_headless_chromium_watches_edgeseg_run_on_the_shipped_clip(run_model, tm
 
 def _csv_rows(body: bytes) -> list[list[str]]:
     lines = body.decode().splitlines()
-    assert lines[0] == "time,frame,count,tracks,fps"
+    assert lines[0] == "time,frame,count,tracks,fps,mean_area"
     return [line.split(",") for line in lines[1:]]
 
 
@@ -673,7 +673,7 @@ def test_series_csv_has_the_published_counts_in_order(feed, server):
     for i, n in enumerate((5, 7, 3, 9)):
         frame = {"index": 100 + i, "count": n}
         if i >= 2:
-            frame.update(tracks=n + 1, new_tracks=1)
+            frame.update(tracks=n + 1, new_tracks=1, mean_area=100.0 + i)
         feed.publish(_frame(1), {"frame": frame, "count": n, "fps_rolling": 10.0 + i})
     status, headers, body = _request(server, "/series.csv")
     assert status == 200 and "attachment" in headers["Content-Disposition"]
@@ -682,6 +682,7 @@ def test_series_csv_has_the_published_counts_in_order(feed, server):
     assert [r[1] for r in rows] == ["100", "101", "102", "103"]
     assert [r[3] for r in rows] == ["", "", "4", "10"]  # tracks only with --track
     assert [float(r[4]) for r in rows] == [10.0, 11.0, 12.0, 13.0]
+    assert [float(r[5]) if r[5] else None for r in rows] == [None, None, 102.0, 103.0]  # the mean area (--track)
     times = [float(r[0]) for r in rows]
     assert times == sorted(times) and times[0] > 1e9  # Unix seconds
     # the JSON route the page polls: the same samples, and only the newer ones after ?since=
@@ -717,7 +718,7 @@ def test_series_keeps_only_the_window(monkeypatch):
     for n in range(6):
         feed.publish(_frame(1), {"count": n})
         clock[0] += 4.0  # samples at 1000, 1004, ..., 1020
-    assert [c for _, _, _, c, _, _ in feed.series()] == [3, 4, 5]  # 1012..1020: within 10 s of the newest
+    assert [sample[3] for sample in feed.series()] == [3, 4, 5]  # 1012..1020: within 10 s of the newest
     feed.close()
 
 
