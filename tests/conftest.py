@@ -117,3 +117,12 @@ def two_touching_discs(shape=(60, 80)):
     cv2.circle(labels, (30, 30), 12, 1, -1)
     cv2.circle(labels, (52, 30), 12, 2, -1)
     return labels
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` for a subprocess a test stops with SIGINT (Ctrl-C): a test run started in the background by a
+    non-interactive shell (``nohup make test &``, some CI runners) hands its children SIGINT *ignored*, and Python
+    then installs no KeyboardInterrupt handler, so the Ctrl-C under test would never arrive."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

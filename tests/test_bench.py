@@ -9,7 +9,7 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from conftest import write_threshold_onnx
+from conftest import sigint_default, write_threshold_onnx
 
 from edgeseg.cli import main
 from edgeseg.device.bench import (
@@ -246,7 +246,7 @@ def test_sigint_prints_and_writes_the_rows_so_far(zoo, tmp_path):
         [sys.executable, "-m", "edgeseg.cli", "bench", "--zoo", str(zoo), "--models", "disc", "--backends",
          "onnxruntime", "--precisions", "fp16,fp32", "--threads", "1", "--iterations", "100000000",
          "--json", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     try:
         deadline = time.time() + 180  # a busy machine may take long to import and start
         seen = ""

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import sigint_default
 from test_sources import fake_camera, write_video
 
 from edgeseg.card import CARD_METADATA_KEY, new_card, write_card
@@ -349,7 +350,8 @@ def _start_endless(model: Path, out: Path, extra=()):
         f"main(['run', '--model', {str(model)!r}, '--source', 'synthetic:64x64:0', '--no-display',"
         f" '--out', {str(out)!r}, *{list(extra)!r}])\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_default)
     log = out / "run.jsonl"
     deadline = time.time() + 60
     while time.time() < deadline:

@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import sigint_default
 
 from edgeseg.device.hardware import rss_mb
 from edgeseg.device.live import LiveThread, RunOptions, load_segmenter
@@ -597,7 +598,7 @@ def _start_run(model: str, tmp_path, *extra: str):
     cmd = [sys.executable, "-c", code, "run", "--model", model, "--source", str(SAMPLE_CLIP), "--loop",
            "--serve", "127.0.0.1:0", "--no-display", "--no-record", "--log", str(tmp_path / "run.jsonl"),
            "--out", str(tmp_path / "run"), *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=sigint_default)
     lines: list[str] = []
     end = time.monotonic() + 60
     while time.monotonic() < end and select.select([proc.stdout], [], [], end - time.monotonic())[0]:
