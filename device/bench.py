@@ -42,7 +42,7 @@ from edgeseg.errors import EdgesegError
 from edgeseg.fsutil import atomic_path, atomic_write_json, atomic_write_text
 from edgeseg.zoo import FORMATS, SAMPLE_DIR, ModelRef, Zoo
 
-from .hardware import cpu_snapshot, hardware_report, other_cpu_share, thermal_sample
+from .hardware import cpu_snapshot, hardware_report, other_cpu_share, thermal_sample, usable_cores
 
 SCHEMA = 1
 DEFAULT_MODELS = ("half_unet", "mobilenetv2_unet", "fast_scnn")
@@ -94,10 +94,6 @@ def default_backends() -> list[str]:
     from edgeseg.backends import available_backends
 
     return available_backends()
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _backend_formats(backend: str) -> tuple[str, ...] | str:
@@ -181,8 +177,9 @@ def plan(cfg: BenchConfig) -> list[Target]:
                                   f"{', '.join(zoo.networks()) or 'none'}, a zoo variant or a model file"))
         else:
             for backend in backends:
-                if isinstance(_backend_formats(backend), str):  # not installed here: one row saying so
-                    targets.append(Target(spec, spec, backend, "-", error=_backend_formats(backend)))
+                formats = _backend_formats(backend)
+                if isinstance(formats, str):  # not installed here: one row saying so
+                    targets.append(Target(spec, spec, backend, "-", error=formats))
                     continue
                 found = (_network_target(spec, backend, p, zoo, shipped, where) for p in cfg.precisions)
                 targets += [t for t in found if t is not None]

@@ -277,6 +277,11 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS reports it, else every core)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def rss_mb() -> float | None:
     """This process's resident memory in MB (from /proc; None where there is none)."""
     text = _read(Path("/proc/self/status"))

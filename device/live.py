@@ -70,6 +70,7 @@ from edgeseg.errors import EdgesegError
 from edgeseg.progress import Progress, reporter
 from edgeseg.zoo import DEFAULT_RUN_MODEL, SAMPLE_CLIP
 
+from .hardware import usable_cores
 from .options import RunOptions, check_run_options
 from .overlay import Overlay
 from .recorder import Recorder
@@ -581,10 +582,6 @@ def apply_bundle(options: dict, bundle: str, explicit: set[str]) -> tuple[dict, 
     out["model"] = str(b.model(name).path if name and hasattr(b, "model") else b.model_path)
     note = b.version_note() if hasattr(b, "version_note") else None
     return out, note
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def inference_threads(cores: int, pipeline: bool = True) -> int:

@@ -5,10 +5,11 @@ default run configuration (:data:`BUNDLE_KEYS`, :func:`run_defaults`) takes its 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field, fields
 
 from edgeseg.errors import EdgesegError
+
+from .hardware import usable_cores
 
 TILE_CHOICES = ("auto", "always", "never")
 CHANNEL_CHOICES = ("auto", "gray", "red", "green", "blue")
@@ -86,7 +87,7 @@ def run_defaults() -> dict:
 
 def check_run_options(opts: RunOptions) -> None:
     """One-line errors for options that cannot work, before the model or the source is opened."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     if opts.threads is not None and not 1 <= opts.threads <= 4 * cores:
         raise EdgesegError(f"--threads {opts.threads} is not a usable thread count",
                            f"give 1 to {4 * cores} ({cores} cores here)")

@@ -272,16 +272,16 @@ class Segmenter:
 
 def _resolve(model, verify: bool) -> tuple[Path, str, ModelCard]:
     """A MODEL argument -> (file, format, card); an exported file with no card beside it uses its embedded one."""
-    from .backends import FILE_FORMATS, read_embedded_card
+    from .backends import read_embedded_card
     from .card import card_path
-    from .zoo import resolve_model
+    from .zoo import FORMATS, resolve_model
 
     p = Path(model)
     if p.is_file() and p.suffix.lower() in (".onnx", ".xml") and not card_path(p).exists():
         card = read_embedded_card(p)
         if card is None:
             raise ModelError(f"{p.name} has no model card beside it or inside it", "export it with edgeseg export")
-        return p, FILE_FORMATS[p.suffix.lower()], ModelCard.from_dict(card, where=f"the card inside {p.name}")
+        return p, FORMATS[p.suffix.lower()], ModelCard.from_dict(card, where=f"the card inside {p.name}")
     ref = resolve_model(model, verify=verify)  # checks the file (and an .xml's .bin) against its card
     return ref.path, ref.format, ref.card
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingDependency, ModelError
+from ..zoo import FORMATS
 
 ENTRY_POINT_GROUP = "edgeseg.backends"
 BUILTIN = {
@@ -35,7 +36,6 @@ BUILTIN = {
     "openvino": "edgeseg.backends.openvino_backend:OpenVinoBackend",
 }
 EXTRA_FOR = {"torch": "train"}  # the edgeseg extra that installs a backend's package
-FILE_FORMATS = {".pt": "torch", ".onnx": "onnx", ".xml": "openvino"}
 NATIVE = {"onnx": "onnxruntime", "openvino": "openvino"}
 FIX_FOR_FORMAT = {"torch": "PyTorch checkpoints need torch: pip install 'edgeseg[train]', "
                            "or run an exported zoo variant (e.g. fast_scnn-int8)"}
@@ -170,7 +170,7 @@ def open_backend(path: str | Path, backend: str = "auto", threads: int | None = 
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file {path} not found", "give an exported .onnx or .xml file or a zoo name")
-    fmt = FILE_FORMATS.get(path.suffix.lower())
+    fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ModelError(f"{path.name} is not a model file", "give a .onnx, .xml or .pt file, or a zoo name")
     name = backend_for_format(fmt) if backend == "auto" else backend
@@ -190,7 +190,7 @@ def open_backend(path: str | Path, backend: str = "auto", threads: int | None = 
 def read_embedded_card(path: str | Path) -> dict | None:
     """The model card stored inside an exported file (ONNX metadata_props / OpenVINO rt_info), if any."""
     path = Path(path)
-    fmt = FILE_FORMATS.get(path.suffix.lower())
+    fmt = FORMATS.get(path.suffix.lower())
     if fmt in ("onnx", "openvino"):
         return backend_class(backend_for_format(fmt)).embedded_card(path)
     return None
