@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import resource
@@ -391,13 +393,32 @@ def test_a_killed_run_leaves_no_corrupt_recording_and_a_readable_log(tiny_model,
 
 
 def _rss_kib() -> int:
+    """Resident memory after handing freed heap pages back to the system (glibc `malloc_trim`), so that what is
+    measured is memory in use, not memory an arena keeps for later."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: measure as is
+        pass
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() // 1024
 
 
+def _growing_steps(samples: dict[int, int], start: int, step_kib: int) -> list[int]:
+    """The sample points after `start` at which the value rose by more than `step_kib` since the previous one."""
+    points = sorted(n for n in samples if n >= start)
+    return [b for a, b in zip(points, points[1:], strict=False) if samples[b] - samples[a] > step_kib]
+
+
+def test_growing_steps_tells_a_leak_from_a_one_off_step():
+    leak = {n: 1000 + n * 4 for n in range(0, 3001, 250)}  # 4 KiB a frame: 1 MiB every 250 frames
+    step = {n: 1000 + (6144 if n >= 1750 else 0) for n in range(0, 3001, 250)}  # one malloc arena, once
+    assert len(_growing_steps(leak, 1000, 512)) == 8
+    assert _growing_steps(step, 1000, 512) == [1750]
+
+
 def test_soak_thousands_of_frames_without_memory_growth(tiny_model, tmp_path):
     """3,000 frames through the real backend, overlay, log and a sink: between frame 1,000 and frame 3,000 the
-    Python heap and the RSS stay flat (a per-frame leak of even 8 bytes would show in the heap)."""
+    Python heap stays flat (a per-frame leak of even 8 bytes would show) and the RSS does not climb steadily."""
     model = make_threshold_onnx(tmp_path / "s64.onnx", size=64)
     seg = Segmenter.load(model, threads=1)
 
@@ -406,7 +427,7 @@ def test_soak_thousands_of_frames_without_memory_growth(tiny_model, tmp_path):
 
         def publish(self, img, stats):
             n = stats["frames"]  # frames finished before this one
-            if n % 500 == 0:
+            if n % 250 == 0:
                 self.samples[n] = (tracemalloc.get_traced_memory()[0], _rss_kib())
 
         def close(self):
@@ -422,16 +443,18 @@ def test_soak_thousands_of_frames_without_memory_growth(tiny_model, tmp_path):
         tracemalloc.stop()
     elapsed = time.perf_counter() - t0  # printed only: the speed is a benchmark's business, not a test's
     assert result.summary["frames"] == 3001 and result.summary["dropped"] == 0 and result.stopped == "end"
-    assert sorted(probe.samples) == list(range(0, 3001, 500))  # the sink saw every frame, in order
+    assert sorted(probe.samples) == list(range(0, 3001, 250))  # the sink saw every frame, in order
     heap = {n: h for n, (h, _) in probe.samples.items()}
     rss = {n: r for n, (_, r) in probe.samples.items()}
-    print(f"heap growth {(heap[3000] - heap[1000]) / 1024:.1f} KiB, RSS growth {rss[3000] - rss[1000]} KiB, "
+    print(f"heap growth {(heap[3000] - heap[1000]) / 1024:.1f} KiB, RSS {[rss[n] for n in sorted(rss)]} KiB, "
           f"{elapsed:.1f} s")
     assert heap[3000] - heap[1000] < 12 * 1024, f"Python heap grew by {(heap[3000] - heap[1000]) / 1024:.1f} KiB"
-    # RSS: the pipelined loop's threads each get a malloc arena that may still step up after frame 1,000 (6 MB was
-    # seen once); a leak grows steadily, so the last 1,000 frames must be flat and the whole stretch bounded
-    assert rss[3000] - rss[2000] < 4 * 1024, f"RSS grew by {rss[3000] - rss[2000]} KiB over the last 1,000 frames"
-    assert rss[3000] - rss[1000] < 16 * 1024, f"RSS grew by {rss[3000] - rss[1000]} KiB"
+    # RSS: a leak of 3 KiB a frame or more raises every 250-frame step by over 512 KiB; the pipelined loop's threads
+    # may each take a malloc arena once after frame 1,000 (steps of 6-7 MB were seen, on a busy machine), which is
+    # at most two steps and a bounded total
+    steps = _growing_steps(rss, 1000, 512)
+    assert len(steps) <= 2, f"RSS rose at {len(steps)} of 8 sample points after frame 1,000: {steps}"
+    assert rss[3000] - rss[1000] < 24 * 1024, f"RSS grew by {rss[3000] - rss[1000]} KiB"
     lines = read_log(tmp_path / "soak.jsonl")
     assert len(lines) == 3003 and [r["index"] for r in lines[1:-1]] == list(range(3001))  # every frame logged once
 
