@@ -28,13 +28,14 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import shutil
 import tarfile
 import tempfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from edgeseg.card import ModelCard, card_path, read_card
 from edgeseg.errors import ModelError
 from edgeseg.fsutil import atomic_path, sha256_file
 
-from .options import run_defaults
+from .options import RunOptions, run_defaults
 
 BUNDLE_FORMAT = "edgeseg-bundle"
 BUNDLE_SCHEMA = 1
@@ -55,6 +56,7 @@ MAX_MANIFEST_BYTES = 1 << 20
 RUN_DEFAULTS = run_defaults()  # the default `edgeseg run` options a bundle carries (None: the runtime's own)
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
 _INCOMING, _OUTGOING = ".incoming-", ".outgoing-"
+DEVICE_FORMATS = {"onnx": ".onnx", "openvino": ".xml + .bin"}  # what the device's torch-free runtime runs
 
 
 class BundleError(ModelError):
@@ -235,6 +237,7 @@ def make_bundle(
     unknown = set(run) - set(RUN_DEFAULTS)
     if unknown:
         raise BundleError(f"unknown run options {sorted(unknown)}", f"use {', '.join(RUN_DEFAULTS)}")
+    check_run_config(run, "the run options")
 
     notes: list[str] = []
     entries: list[dict] = []
@@ -243,8 +246,7 @@ def make_bundle(
         ref, note = pick_for_target(spec, target)
         if note:
             notes.append(note)
-        if ref.format == "torch":
-            notes.append(f"{ref.name} is a PyTorch checkpoint: the device needs torch for it (bundle an .onnx/.xml)")
+        check_runnable(ref)
         if any(e["name"] == ref.name for e in entries):
             raise BundleError(f"model {ref.name} is named twice", "name each model once in --models")
         files = [ref.path]
@@ -321,6 +323,45 @@ def make_bundle(
     except OSError as exc:
         raise BundleError(f"cannot write {out} ({exc.strerror or exc})", "choose a writable --out path") from exc
     return manifest, notes
+
+
+def check_runnable(ref) -> None:
+    """Refuse a model file the device's runtime cannot run (a PyTorch checkpoint: the device has no torch),
+    naming the formats it runs and the zoo's exported variants of that network."""
+    if ref.format in DEVICE_FORMATS:
+        return
+    from edgeseg.zoo import Zoo
+
+    runnable = ", ".join(f"{fmt} ({ext})" for fmt, ext in DEVICE_FORMATS.items())
+    variants = [r.name for r in Zoo().variants(ref.card.network)][:3]
+    hint = f"bundle {' or '.join(variants)}" if variants else "export it first (edgeseg export)"
+    raise BundleError(f"{ref.name} is a {ref.format} file ({ref.path.name}), which the device's runtime cannot run "
+                      f"(it runs {runnable})", hint)
+
+
+def check_run_config(run, where: str) -> dict:
+    """A bundle's default run configuration, each value of the type ``edgeseg run`` takes for it (None: the
+    runtime's default); a one-line BundleError names the first that is not."""
+    if not isinstance(run, dict):
+        raise BundleError(f"{where} are not a JSON object", "rebuild the bundle with edgeseg bundle")
+    declared = {f.name: f for f in fields(RunOptions)}
+    for key, value in run.items():
+        if key not in RUN_DEFAULTS or value is None:
+            continue
+        meta = declared[key].metadata
+        if meta["choices"]:
+            ok, want = value in meta["choices"], f"one of {', '.join(meta['choices'])}"
+        elif meta["type"] is int:
+            ok, want = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+        elif meta["type"] is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            want = "a number"
+        else:
+            ok, want = isinstance(value, str) and bool(value), "a text"
+        if not ok:
+            raise BundleError(f"{where} set {key} to {json.dumps(value)}, which is not {want}",
+                              "rebuild the bundle with edgeseg bundle (or fix the run section of its manifest.json)")
+    return run
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
@@ -413,6 +454,7 @@ def _validate_manifest(man, where) -> dict:
                 raise bad(f"model {m['name']}: {key} {m.get(key)!r} is not among the files")
     if not isinstance(man.get("run", {}), dict) or not isinstance(man.get("edgeseg_version"), str):
         raise bad("no run configuration or version")
+    check_run_config(man.get("run", {}), f"the run settings of {where}")
     return man
 
 

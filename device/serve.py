@@ -21,9 +21,18 @@ use the same): no dependency, a thread per connection, light on a Raspberry Pi. 
 The series is recorded in ``publish`` (one tuple appended to a bounded deque: the last ``series_window_s`` seconds,
 5 minutes by default, and at most ``series_max`` samples, 3000 by default, whichever is less).
 
+Each part of the stream carries the frame it shows: ``X-Edgeseg-Frame`` (the feed's frame number),
+``X-Edgeseg-Index`` (the run's frame index) and ``X-Edgeseg-Count`` (that frame's nucleus count), so the page shows
+the count of the image on screen, not of whatever frame /stats last saw.
+
 Only GET and HEAD (405 otherwise), unknown paths get 404, at most ``max_streams`` concurrent streams (503), and with
 a token every request must carry it (``?token=``, ``Authorization: Bearer`` or ``X-Edgeseg-Token``; 401 otherwise).
 A non-loopback host without a token gets a generated one.
+
+Connections: each is a thread, at most ``max_connections``. One that has not sent its request line and headers
+``header_timeout`` seconds (5 by default) after it connected is closed, and when every slot is taken a new
+connection closes the oldest of those still waiting to send their request (idle or slow sockets): the limit that
+can lock a viewer out counts streams, never idle sockets.
 """
 
 from __future__ import annotations
@@ -62,6 +71,7 @@ DEFAULT_PORT = 8080
 STREAM_SNDBUF = 128 * 1024  # bytes (Linux doubles it): a few frames
 DEFAULT_STREAM_FPS = 15.0  # the browser view's frame-rate cap (cells move slowly; each streamed frame costs CPU)
 STREAM_NICE = 10  # the streaming thread's niceness above the runtime loop's
+DEFAULT_HEADER_TIMEOUT_S = 5.0  # from connecting to the end of the request's headers (idle and slow sockets)
 DEFAULT_SERIES_MAX = 3000  # samples kept for /series.csv and the page's chart (a bounded deque)
 DEFAULT_SERIES_WINDOW_S = 300.0  # ... and at most this many seconds of them
 SERIES_COLUMNS = ("time", "frame", "count", "tracks", "fps", "mean_area")
@@ -99,6 +109,7 @@ class LiveFeed:
         self._cond = threading.Condition(threading.Lock())
         self._encode_lock = threading.Lock()
         self._frame: np.ndarray | None = None
+        self._frame_info: dict = {}  # the count and index of _frame (carried with its JPEG)
         self._stats: dict = {}
         self._seq = 0
         self._t_frame = 0.0
@@ -107,6 +118,7 @@ class LiveFeed:
         self._jpeg: bytes | None = None
         self._jpeg_seq = 0
         self._jpeg_t = 0.0
+        self._jpeg_info: dict = {}
         self._png: tuple[int, bytes] | None = None
         self.encodes = 0  # JPEG encodes so far (tests check "once per frame, shared by all clients")
 
@@ -135,6 +147,7 @@ class LiveFeed:
             if self._closed:
                 return
             self._frame, self._stats, self._t_frame = frame, stats, now
+            self._frame_info = {"count": count, "index": index}
             self._seq += 1
             self._times.append(now)
             series = self._series
@@ -226,13 +239,19 @@ class LiveFeed:
             if wait > 0:  # the last encode was less than 1/max_fps ago: this client (and those queued) wait
                 time.sleep(wait)
             with self._cond:
-                frame, seq = self._frame, self._seq
+                frame, seq, info = self._frame, self._seq, self._frame_info
             ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
             if not ok:  # pragma: no cover - OpenCV only fails on unsupported arrays, which publish() rejects
                 return None
             self._jpeg, self._jpeg_seq, self._jpeg_t = buf.tobytes(), seq, time.monotonic()
+            self._jpeg_info = info
             self.encodes += 1
             return seq, self._jpeg
+
+    def jpeg_info(self, seq: int) -> dict:
+        """The count and frame index of the frame whose JPEG :meth:`wait_jpeg` returned as number ``seq``."""
+        with self._encode_lock:
+            return dict(self._jpeg_info) if self._jpeg_seq == seq else {}
 
     def snapshot_png(self) -> bytes | None:
         """The newest frame as PNG (encoded on request, cached per frame); None before the first frame."""
@@ -289,7 +308,7 @@ def _load_page() -> tuple[bytes, str]:
 
     csp = (
         f"default-src 'none'; script-src {hashes(scripts)}; style-src {hashes(styles)}; "
-        "img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        "img-src 'self' blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     )
     return html.encode("utf-8"), csp
 
@@ -302,7 +321,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "edgeseg"
     sys_version = ""
-    timeout = 10  # seconds to send a request line and headers (slow or idle connections are dropped)
+    timeout = 10  # seconds a single read or write may block (the whole request must come in header_timeout)
 
     # every method other than GET and HEAD: 405 (after the token check, so nothing is revealed without it)
     def __getattr__(self, name: str):
@@ -313,6 +332,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _not_allowed(self) -> None:
         if self._authorised():
             self._plain(HTTPStatus.METHOD_NOT_ALLOWED, "only GET and HEAD\n", {"Allow": "GET, HEAD"})
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()  # the request line was read; this reads the headers
+        self.server.request_started(self.connection)
+        return ok
 
     def do_HEAD(self) -> None:
         self.do_GET()
@@ -568,8 +592,7 @@ class _Streamer(threading.Thread):
                         self._drop(client, "end of the run")
                 continue
             seq, jpeg = got
-            part = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
-            part = part + jpeg + b"\r\n"
+            part = _part(seq, jpeg, feed.jpeg_info(seq))
             for client in ready:
                 if client.last < seq:
                     self._write(client, part)
@@ -581,12 +604,22 @@ class _Streamer(threading.Thread):
             client.done.set()
 
 
+def _part(seq: int, jpeg: bytes, info: dict) -> bytes:
+    """One part of the MJPEG stream, with the frame number, index and count of the frame it holds."""
+    head = [f"--{BOUNDARY}", "Content-Type: image/jpeg", f"Content-Length: {len(jpeg)}", f"X-Edgeseg-Frame: {seq}"]
+    for key, name in (("index", "X-Edgeseg-Index"), ("count", "X-Edgeseg-Count")):
+        if info.get(key) is not None:
+            head.append(f"{name}: {_csv_num(info[key])}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + jpeg + b"\r\n"
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 64
 
-    def __init__(self, address, feed, token, max_streams, max_connections, write_timeout):
+    def __init__(self, address, feed, token, max_streams, max_connections, write_timeout,
+                 header_timeout=DEFAULT_HEADER_TIMEOUT_S):
         host = address[0]
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.feed = feed
@@ -594,11 +627,14 @@ class _Server(ThreadingHTTPServer):
         self.max_streams = max_streams
         self.max_connections = max_connections
         self.write_timeout = write_timeout
+        self.header_timeout = float(header_timeout)
         self.page = _load_page()
         self.stopping = False
         self._lock = threading.Lock()
         self._streams: set = set()
         self._connections = 0
+        self._waiting: dict = {}  # connections that have not sent their request yet -> when they connected
+        self.evicted = 0  # waiting connections closed to make room for a new one, or for their header timeout
         super().__init__(address, _Handler)
         self.streamer = _Streamer(self)
         self.streamer.start()
@@ -608,13 +644,41 @@ class _Server(ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
 
-    # a cap on open connections (each is a thread): beyond it, new connections are closed at once
+    # a cap on open connections (each is a thread): at the cap, a new connection takes the slot of the oldest one
+    # still waiting to send its request (idle or slow), and is refused only when none is waiting
     def verify_request(self, request, client_address) -> bool:
         with self._lock:
             if self._connections >= self.max_connections:
-                return False
+                if not self._waiting:
+                    return False
+                oldest = next(iter(self._waiting))
+                self._waiting.pop(oldest)
+                self._close_waiting(oldest)
             self._connections += 1
+            self._waiting[request] = time.monotonic()
             return True
+
+    def request_started(self, conn) -> None:
+        """The connection sent its request line and headers: it no longer counts as waiting."""
+        with self._lock:
+            self._waiting.pop(conn, None)
+
+    def service_actions(self) -> None:
+        """Called by serve_forever between polls: close the connections past their header timeout."""
+        limit = time.monotonic() - self.header_timeout
+        with self._lock:
+            late = [conn for conn, since in self._waiting.items() if since < limit]
+            for conn in late:
+                self._waiting.pop(conn)
+                self._close_waiting(conn)
+
+    def _close_waiting(self, conn) -> None:
+        """End a waiting connection: its handler's read returns at once and its thread ends (lock held)."""
+        self.evicted += 1
+        try:
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def process_request_thread(self, request, client_address) -> None:
         try:
@@ -622,6 +686,7 @@ class _Server(ThreadingHTTPServer):
         finally:
             with self._lock:
                 self._connections -= 1
+                self._waiting.pop(request, None)
 
     def open_stream(self, conn) -> bool:
         with self._lock:
@@ -731,6 +796,7 @@ def serve(
     *,
     write_timeout: float = 20.0,
     max_connections: int | None = None,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT_S,
 ) -> LiveServer:
     """Serve ``feed`` on http://HOST:PORT/ from a daemon thread; returns the handle (``.url``, ``.shutdown()``).
 
@@ -742,7 +808,8 @@ def serve(
         token = secrets.token_urlsafe(16)
     try:
         httpd = _Server(
-            (host, port), feed, token, max_streams, max_connections or max_streams + 32, float(write_timeout)
+            (host, port), feed, token, max_streams, max_connections or max_streams + 32, float(write_timeout),
+            header_timeout,
         )
     except OSError as exc:
         raise EdgesegError(

@@ -8,8 +8,11 @@ SPEC                       source
 ``synthetic[:WxH[:N]]``    moving, touching bright discs on a noisy background (tests, soak, demos); N frames
                            (default 200, 0 = endless).
 a video file               anything OpenCV's FFmpeg reads (.mp4, .avi, .mkv, ...).
-a multi-page TIFF          every page (or plane) in order, 8/16-bit, as stored (tifffile).
-a folder of images         every .png/.tif/.jpg/.bmp in name order.
+a multi-page TIFF          every page (or plane) in order, 8/16-bit, as stored (tifffile; LZW, Deflate, zstd... through
+                           imagecodecs).
+a folder of images         every .png/.tif/.jpg/.bmp in name order (a file that cannot be read is skipped, with one
+                           line on stderr saying why).
+an image file              one frame (.png, .jpg, .bmp; a .tif is a one-page stack).
 
 Every source returns :class:`Frame` objects from :meth:`Source.read` (``None`` at the end) and is closed with
 :meth:`Source.close` (also a context manager). Frames are returned as stored: 8- or 16-bit, mono, RGB, RGBA
@@ -21,15 +24,24 @@ thread closes it and reopens it with a bounded exponential back-off (each try is
 ``on_event``); when every try fails, :meth:`Source.read` raises :class:`SourceFailed`. File sources give every
 frame; :class:`Paced` replays one at its frame rate like a camera (late frames are dropped and counted).
 A video that stops before its announced length (truncated or corrupt) raises :class:`SourceFailed` after the
-last good frame.
+last good frame; so does a TIFF whose pages stop early (a broken page chain, or fewer pages than its metadata
+announces) after the pages it could read.
+
+Frame size. A frame larger than ``max_pixels`` (``--max-pixels``, :data:`~edgeseg.device.options.DEFAULT_MAX_PIXELS`
+by default) is refused with :class:`FrameTooLarge` before it is decoded or allocated: image and TIFF sizes come
+from their headers, a video's from its stream, a synthetic one's from its spec. (The runtime needs about
+:data:`~edgeseg.device.options.BYTES_PER_PIXEL` bytes of memory per frame pixel.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import re
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +53,9 @@ import numpy as np
 
 from edgeseg.data import IMAGE_EXTS, read_image
 from edgeseg.errors import DataError, EdgesegError
+
+from .codecs import quiet_opencv as _quiet_opencv
+from .options import BYTES_PER_PIXEL, DEFAULT_MAX_PIXELS
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".ogv", ".h264")
 TIFF_EXTS = (".tif", ".tiff")
@@ -67,6 +82,23 @@ class SourceFailed(DataError):
     """A source that failed after it started (camera lost for good, video corrupt mid-file). Exit code 4."""
 
     exit_code = 4
+
+
+class FrameTooLarge(SourceError):
+    """A frame above the ``--max-pixels`` limit, refused before it is read. Exit code 2."""
+
+
+def check_frame_size(width: int, height: int, what: str, max_pixels: int | None) -> None:
+    """Raise :class:`FrameTooLarge` when a ``width`` x ``height`` frame is above ``max_pixels`` (None or 0: no
+    limit), saying how much memory it would take."""
+    if not max_pixels or width * height <= max_pixels:
+        return
+    need_gb = width * height * BYTES_PER_PIXEL / 1e9
+    raise FrameTooLarge(
+        f"{what} has {width}x{height} frames ({width * height / 1e6:.1f} MP), above --max-pixels {max_pixels} "
+        f"({max_pixels / 1e6:.1f} MP): a frame this size needs about {need_gb:.1f} GB of memory",
+        "crop or bin the frames, or raise --max-pixels if this machine has the memory",
+    )
 
 
 class MissingPicamera2(EdgesegError):
@@ -180,22 +212,6 @@ class Source:
             yield frame
 
 
-@contextlib.contextmanager
-def _quiet_opencv():
-    """Keep OpenCV's own warnings (a camera index that is not there, FFmpeg probing) off the terminal: the
-    runtime reports the problem itself, in one line."""
-    log = getattr(getattr(cv2, "utils", None), "logging", None)
-    if log is None:
-        yield
-        return
-    old = log.getLogLevel()
-    log.setLogLevel(log.LOG_LEVEL_ERROR)
-    try:
-        yield
-    finally:
-        log.setLogLevel(old)
-
-
 # --------------------------------------------------------------------------- files
 
 
@@ -204,13 +220,12 @@ class VideoSource(Source):
 
     kind = "video"
 
-    def __init__(self, path: str | Path, on_event: EventHook | None = None):
+    def __init__(self, path: str | Path, on_event: EventHook | None = None, max_pixels: int | None = None):
         super().__init__(str(path), on_event)
         self.path = Path(path)
         _require_file(self.path)
         # FFmpeg's own decoder messages ("moov atom not found", "overread") would precede ours: the runtime says
-        # what is wrong in one line. Read once, at OpenCV's first FFmpeg use; a value set by the user wins.
-        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+        # what is wrong in one line
         with _quiet_opencv():
             self.cap = cv2.VideoCapture(str(self.path))
         if not self.cap.isOpened():
@@ -223,6 +238,12 @@ class VideoSource(Source):
         self.fps = float(fps) if fps and math.isfinite(fps) and 0 < fps < 1000 else None
         n = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self.length = n if n > 0 else None
+        try:  # the stream's size, before a frame is decoded
+            check_frame_size(int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0),
+                             int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0), f"the video {self.path}", max_pixels)
+        except FrameTooLarge:
+            self.cap.release()
+            raise
         self._first = self._grab()
         if self._first is None:
             self.cap.release()
@@ -260,47 +281,88 @@ class TiffStackSource(Source):
     Planes are the pages of the first series. A leading channel axis of at most 4 (axes ``CYX`` per time
     point, as ImageJ hyperstacks store them) is stacked into one multi-channel frame (two channels become red
     and green); ``--channel`` then picks the fluorescence channel.
+
+    A damaged file (a page chain that breaks off, or fewer pages than its metadata announces: a truncated copy) is
+    read page by page: every page that can be read is a frame, then :meth:`read` raises :class:`SourceFailed`.
     """
 
     kind = "tiff"
 
-    def __init__(self, path: str | Path, on_event: EventHook | None = None):
+    def __init__(self, path: str | Path, on_event: EventHook | None = None, max_pixels: int | None = None):
         super().__init__(str(path), on_event)
         import tifffile
 
         self.path = Path(path)
         _require_file(self.path)
+        with _tifffile_warnings() as warnings:
+            try:
+                self.tif = tifffile.TiffFile(self.path)
+            except Exception as exc:  # tifffile raises many kinds on a damaged file
+                raise SourceError(f"cannot read the TIFF {self.path} ({_reason(exc)})",
+                                  "check the file, or export it again") from exc
+            try:
+                self._readable = _readable_pages(self.tif)
+                series = _first_series(self.tif)
+            except Exception:
+                self.tif.close()
+                raise
+        self._announced = _announced_pages(self.tif)
+        self.damaged = series is None or any(w in msg.lower() for msg in warnings for w in _DAMAGE_WORDS) or (
+            self._announced is not None and len(series) < self._announced)
+        if self._readable == 0:
+            self.tif.close()
+            raise SourceError(f"the TIFF {self.path} holds no readable page", "check the file, or export it again")
+        first = self.tif.pages[0]
         try:
-            self.tif = tifffile.TiffFile(self.path)
-            series = self.tif.series[0]
+            check_frame_size(int(first.imagewidth), int(first.imagelength), f"the TIFF {self.path}", max_pixels)
+        except FrameTooLarge:
+            self.tif.close()
+            raise
+        self._channels = 1
+        self.axes = series.axes if series is not None else "IYX"
+        self._contiguous = _contiguous_planes(self.tif, self.path) if self.damaged else None
+        if self._contiguous is not None:  # ImageJ/Fiji: one header, then the planes back to back, the rest at the end
+            self._readable = min(self._announced, self._contiguous[3])
+        if self.damaged:
+            self.length = self._readable  # frames = the pages that can be read, then SourceFailed
+        else:
             axes, shape = series.axes, series.shape
             self._n_pages = len(series)
-        except Exception as exc:  # tifffile raises many kinds on a damaged file
-            raise SourceError(
-                f"cannot read the TIFF {self.path} ({type(exc).__name__})", "check the file, or export it again"
-            ) from exc
-        yx = 3 if axes.endswith("S") else 2  # YX, or YXS for an RGB page
-        lead_axes, lead_shape = axes[:-yx], shape[:-yx]
-        self._channels = 1
-        if "C" in lead_axes:
-            c = lead_shape[lead_axes.index("C")]
-            if lead_axes.index("C") == len(lead_axes) - 1 and 1 < c <= 4 and yx == 2:
-                self._channels = c
-        self.length = max(self._n_pages // self._channels, 1)
-        self.axes = axes
+            yx = 3 if axes.endswith("S") else 2  # YX, or YXS for an RGB page
+            lead_axes, lead_shape = axes[:-yx], shape[:-yx]
+            if "C" in lead_axes:
+                c = lead_shape[lead_axes.index("C")]
+                if lead_axes.index("C") == len(lead_axes) - 1 and 1 < c <= 4 and yx == 2:
+                    self._channels = c
+            self.length = max(self._n_pages // self._channels, 1)
         self.fps = _imagej_fps(self.tif)
 
     def _page(self, k: int) -> np.ndarray:
         try:
-            return self.tif.asarray(key=k, series=0)
+            with _tifffile_warnings():
+                if self._contiguous is not None:
+                    offset, dtype, shape, _ = self._contiguous
+                    per = int(np.prod(shape))
+                    fh = self.tif.filehandle
+                    fh.seek(offset + k * per * dtype.itemsize)
+                    return np.frombuffer(fh.read(per * dtype.itemsize), dtype, per).reshape(shape)
+                if self.damaged:
+                    return self.tif.pages[k].asarray()
+                return self.tif.asarray(key=k, series=0)
         except Exception as exc:
             raise SourceFailed(
-                f"page {k} of the TIFF {self.path} cannot be read ({type(exc).__name__})",
+                f"page {k + 1} of the TIFF {self.path} cannot be read ({_reason(exc)})",
                 "the pages before it were processed; repair or export the file again",
             ) from exc
 
     def _read(self):
         if self.index >= self.length:
+            if self.damaged:
+                of = f" of {self._announced}" if self._announced else ""
+                raise SourceFailed(
+                    f"the TIFF {self.path} stopped after {self._readable}{of} pages (truncated or corrupt)",
+                    "the pages before the damage were processed; repair or export the file again",
+                )
             return None
         k = self.index * self._channels
         if self._channels > 1:
@@ -324,6 +386,93 @@ class TiffStackSource(Source):
         self.tif.close()
 
 
+_DAMAGE_WORDS = ("invalid page offset", "corrupt", "truncat", "failed to reshape")  # tifffile on a broken file
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception's first line (the cause a user can act on, e.g. a compression that needs imagecodecs)."""
+    text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _tifffile_warnings():
+    """Collect what tifffile logs about a damaged file ("invalid page offset", ...) instead of printing it: the
+    runtime says what is wrong in one line."""
+    logger = logging.getLogger("tifffile")
+    found: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.WARNING:
+                found.append(record.getMessage())
+
+    handler, propagate = _Collect(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def _readable_pages(tif) -> int:
+    """How many pages' headers (IFDs) can be parsed, from the first on (a truncated file's chain breaks off)."""
+    n = 0
+    try:
+        total = len(tif.pages)
+        for k in range(total):
+            tif.pages[k]
+            n += 1
+    except Exception:  # a page whose header is cut: the pages before it are readable
+        pass
+    return n
+
+
+def _first_series(tif):
+    """The first series, or None when tifffile cannot make one (a damaged file: read it page by page)."""
+    try:
+        series = tif.series
+        return series[0] if series else None
+    except Exception:
+        return None
+
+
+def _contiguous_planes(tif, path: Path):
+    """For an uncompressed ImageJ stack (ImageJ and Fiji write the first page's header, every plane back to back,
+    then the other headers at the end: a truncated copy keeps planes but loses those headers):
+    ``(offset, dtype, plane shape, planes present)``; None for another layout."""
+    try:
+        page = tif.pages[0]
+        if not tif.is_imagej or page.compression != 1 or not page.is_contiguous or page.shape is None:
+            return None
+        dtype = np.dtype(page.dtype).newbyteorder(tif.byteorder)
+        nbytes = int(np.prod(page.shape)) * dtype.itemsize
+        offset = int(page.dataoffsets[0])
+        return offset, dtype, tuple(page.shape), max(0, (path.stat().st_size - offset) // nbytes)
+    except Exception:
+        return None
+
+
+def _announced_pages(tif) -> int | None:
+    """How many pages the file's own metadata says it holds (tifffile's shaped or ImageJ metadata), if it says."""
+    try:
+        shaped = tif.shaped_metadata
+        if shaped and "shape" in shaped[0]:
+            shape = list(shaped[0]["shape"])
+            page = tif.pages[0]
+            per_page = int(np.prod(page.shape)) if page.shape else 1
+            total = int(np.prod(shape))
+            return total // per_page if per_page else None
+        imagej = tif.imagej_metadata
+        if imagej and imagej.get("images"):
+            return int(imagej["images"])
+    except Exception:  # metadata of a damaged file: unknown
+        return None
+    return None
+
+
 def _imagej_fps(tif) -> float | None:
     meta = getattr(tif, "imagej_metadata", None) or {}
     fps = meta.get("fps")
@@ -333,20 +482,17 @@ def _imagej_fps(tif) -> float | None:
     return 1.0 / float(interval) if interval else None
 
 
-class ImageFolderSource(Source):
-    """Every image file of a folder (not recursive), in name order. An unreadable file is skipped and reported."""
+class ImageFilesSource(Source):
+    """Image files in order, one frame each. An unreadable file (or one above ``max_pixels``) is skipped: it is
+    reported as an ``unreadable_image`` event and in one line on stderr, and the run goes on."""
 
-    kind = "folder"
+    kind = "images"
 
-    def __init__(self, folder: str | Path, on_event: EventHook | None = None):
-        super().__init__(str(folder), on_event)
-        self.folder = Path(folder)
-        self.files = sorted(p for p in self.folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
-        if not self.files:
-            raise SourceError(
-                f"the folder {self.folder} holds no image ({', '.join(IMAGE_EXTS)})", "give a folder of images"
-            )
+    def __init__(self, files: list[Path], spec: str, on_event: EventHook | None = None, max_pixels: int | None = None):
+        super().__init__(spec, on_event)
+        self.files = list(files)
         self.length = len(self.files)
+        self.max_pixels = max_pixels
         self._pos = 0
         self.skipped: list[str] = []
 
@@ -355,10 +501,11 @@ class ImageFolderSource(Source):
             path = self.files[self._pos]
             self._pos += 1
             try:
-                img = read_image(path)
+                img = read_frame_file(path, self.max_pixels)
             except DataError as exc:
                 self.skipped.append(path.name)
                 self._event("unreadable_image", file=str(path), error=str(exc))
+                sys.stderr.write(f"warning: skipped {path.name}: {exc}\n")
                 continue
             return img, "rgb", None, {"file": path.name}, None
         return None
@@ -369,6 +516,115 @@ class ImageFolderSource(Source):
         self._pos += 1
         self.index += 1
         return True
+
+
+class ImageFolderSource(ImageFilesSource):
+    """Every image file of a folder (not recursive), in name order. An unreadable file is skipped and reported."""
+
+    kind = "folder"
+
+    def __init__(self, folder: str | Path, on_event: EventHook | None = None, max_pixels: int | None = None):
+        self.folder = Path(folder)
+        try:
+            files = sorted(p for p in self.folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+        except OSError as exc:
+            raise SourceError(f"cannot list the folder {self.folder} ({exc.strerror or exc})",
+                              "check the folder's permissions") from exc
+        if not files:
+            raise SourceError(
+                f"the folder {self.folder} holds no image ({', '.join(IMAGE_EXTS)})", "give a folder of images"
+            )
+        super().__init__(files, str(folder), on_event, max_pixels)
+
+
+class ImageFileSource(ImageFilesSource):
+    """One image file (``--source image.png``): one frame. Unlike a folder's file, an unreadable one is an error."""
+
+    kind = "image"
+
+    def __init__(self, path: str | Path, on_event: EventHook | None = None, max_pixels: int | None = None):
+        path = Path(path)
+        _require_file(path)
+        try:
+            size = image_size(path)
+        except DataError as exc:
+            raise SourceError(str(exc)) from exc
+        if size is not None:
+            check_frame_size(*size, f"the image {path}", max_pixels)
+        super().__init__([path], str(path), on_event, max_pixels)
+        self._image = self._load(path)
+
+    @staticmethod
+    def _load(path: Path) -> np.ndarray:
+        try:
+            return read_image(path)
+        except DataError as exc:
+            raise SourceError(str(exc)) from exc
+
+    def _read(self):
+        if self._pos >= 1:
+            return None
+        self._pos = 1
+        return self._image, "rgb", None, {"file": self.files[0].name}, None
+
+
+def read_frame_file(path: Path, max_pixels: int | None) -> np.ndarray:
+    """An image file as stored (:func:`edgeseg.data.read_image`), its size checked from its header first."""
+    size = image_size(path)
+    if size is not None:
+        check_frame_size(*size, f"the image {path.name}", max_pixels)
+    return read_image(path)
+
+
+def image_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) of a PNG, JPEG, BMP or TIFF from its header, without decoding it; None for another format.
+    Raises DataError when the file cannot be opened or its header is cut."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+            if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
+                return struct.unpack(">II", head[16:24])
+            if head[:2] == b"BM" and len(head) >= 26:
+                w, h = struct.unpack("<ii", head[18:26])
+                return abs(w), abs(h)
+            if head[:2] == b"\xff\xd8":
+                return _jpeg_size(f)
+            if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+                import tifffile
+
+                with _tifffile_warnings(), tifffile.TiffFile(path) as tif:
+                    page = tif.pages[0]
+                    return int(page.imagewidth), int(page.imagelength)
+    except OSError as exc:
+        raise DataError(f"cannot read {path} ({exc.strerror or exc})", "check the file") from exc
+    except Exception as exc:  # a cut or garbled header (struct.error, tifffile's errors)
+        raise DataError(f"cannot read the header of {path.name} ({_reason(exc)})",
+                        "replace or remove the file") from exc
+    return None
+
+
+def _jpeg_size(f) -> tuple[int, int] | None:
+    """Scan a JPEG's markers for its frame header (SOFn) -> (width, height)."""
+    f.seek(2)
+    while True:
+        byte = f.read(1)
+        while byte and byte != b"\xff":
+            byte = f.read(1)
+        while byte == b"\xff":
+            byte = f.read(1)
+        if not byte:
+            return None
+        marker = byte[0]
+        if marker in (0x01, *range(0xD0, 0xD9)):  # markers without a length
+            continue
+        if marker == 0xD9:  # end of image before a frame header
+            return None
+        length = struct.unpack(">H", f.read(2))[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            _, h, w = struct.unpack(">BHH", f.read(5))
+            return w, h
+        f.seek(length - 2, os.SEEK_CUR)
 
 
 # --------------------------------------------------------------------------- synthetic
@@ -393,11 +649,13 @@ class SyntheticSource(Source):
         seed: int = 0,
         spec: str | None = None,
         on_event: EventHook | None = None,
+        max_pixels: int | None = None,
     ):
         w, h = int(size[0]), int(size[1])
         super().__init__(spec or f"synthetic:{w}x{h}:{frames or 0}", on_event)
         if w < 16 or h < 16:
             raise SourceError(f"synthetic frames of {w}x{h} are too small", "use at least 16x16")
+        check_frame_size(w, h, f"the source {self.spec}", max_pixels)  # before the noise fields are allocated
         if bits not in (8, 16):
             raise SourceError(f"synthetic frames have 8 or 16 bits, not {bits}", "use bits=8 or bits=16")
         self.w, self.h, self.bits = w, h, bits
@@ -856,13 +1114,15 @@ def open_source(
     loop: bool = False,
     pace: float | None = None,
     default_fps: float | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     **camera_options,
 ) -> Source:
     """Open a frame source from its SPEC (see the module docstring).
 
     ``loop`` replays a finite source endlessly. ``pace`` replays a file source like a camera: at that many
     frames per second, or when it is 0 at the file's own rate (``default_fps``, else :data:`DEFAULT_FILE_FPS`,
-    for a file without one). Cameras are never paced. ``camera_options``
+    for a file without one). Cameras are never paced. A file or synthetic source whose frames are larger than
+    ``max_pixels`` (None or 0: no limit) is refused before a frame is read (:class:`FrameTooLarge`). ``camera_options``
     (``retries``, ``backoff_s``, ``frame_timeout_s``; ``capture_factory`` for ``cam:N``) tune a camera.
     """
     text = str(spec)
@@ -885,23 +1145,20 @@ def open_source(
         n = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else DEFAULT_SYNTHETIC[2]
 
         def factory():
-            return SyntheticSource((w, h), n or None, spec=text, on_event=on_event)
+            return SyntheticSource((w, h), n or None, spec=text, on_event=on_event, max_pixels=max_pixels)
     else:
         path = Path(text).expanduser()
         if path.is_dir():
-
-            def factory():
-                return ImageFolderSource(path, on_event)
+            kind = ImageFolderSource
         elif path.suffix.lower() in TIFF_EXTS:
-
-            def factory():
-                return TiffStackSource(path, on_event)
-        elif path.suffix.lower() in IMAGE_EXTS and path.is_file():
-            raise SourceError(f"{path} is a single image", "put it in a folder and give the folder")
+            kind = TiffStackSource
+        elif path.suffix.lower() in IMAGE_EXTS:
+            kind = ImageFileSource
         else:
+            kind = VideoSource
 
-            def factory():
-                return VideoSource(path, on_event)
+        def factory():
+            return kind(path, on_event, max_pixels=max_pixels)
 
     src = Looped(factory) if loop else factory()
     if pace is not None:

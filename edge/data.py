@@ -58,8 +58,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         try:
             img = tifffile.imread(path)
         except Exception as exc:  # tifffile raises many kinds
+            cause = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""  # e.g. "needs imagecodecs"
             raise DataError(
-                f"cannot read {path} ({type(exc).__name__})", "replace or remove the file"
+                f"cannot read {path} ({type(exc).__name__}{': ' + cause if cause else ''})",
+                "replace or remove the file",
             ) from exc
         if img.ndim == 3 and img.shape[0] in (3, 4) and img.shape[2] not in (3, 4):
             img = np.moveaxis(img, 0, -1)

@@ -25,7 +25,7 @@ from edgeseg.device.bundle import (
 from edgeseg.fsutil import sha256_file
 from edgeseg.zoo import ZOO_DIR
 
-ZOO_MODELS = ["fast_scnn", "half_unet"]  # the small zoo files (the .pt checkpoints: any format bundles the same way)
+ZOO_MODELS = ["fast_scnn-fp32", "half_unet-fp32"]  # small zoo files (a .pt is refused: the device has no torch)
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +78,10 @@ def test_bundle_holds_only_the_manifest_models_and_cards_with_their_sha256(bundl
     names = [m.name for m, _ in members(bundle_file)]
     assert names == [
         "manifest.json",
-        "models/fast_scnn.pt",
-        "models/fast_scnn.card.json",
-        "models/half_unet.pt",
-        "models/half_unet.card.json",
+        "models/fast_scnn-fp32.onnx",
+        "models/fast_scnn-fp32.card.json",
+        "models/half_unet-fp32.onnx",
+        "models/half_unet-fp32.card.json",
     ]
     man = check_bundle(bundle_file)
     from edgeseg import __version__
@@ -89,7 +89,7 @@ def test_bundle_holds_only_the_manifest_models_and_cards_with_their_sha256(bundl
     assert man["format"] == "edgeseg-bundle" and man["edgeseg_version"] == __version__
     assert [m["name"] for m in man["models"]] == ZOO_MODELS
     for name in ZOO_MODELS:
-        for suffix in (".pt", ".card.json"):
+        for suffix in (".onnx", ".card.json"):
             info = man["files"][f"models/{name}{suffix}"]
             assert info["sha256"] == sha256_file(ZOO_DIR / f"{name}{suffix}")
             assert info["size"] == (ZOO_DIR / f"{name}{suffix}").stat().st_size
@@ -98,7 +98,7 @@ def test_bundle_holds_only_the_manifest_models_and_cards_with_their_sha256(bundl
         assert entry["input_size"] == card["input_size"] == [256, 256]
         assert entry["threshold"] == card["threshold"]
         assert entry["postprocess"] == card["postprocess"]
-    assert man["run"]["model"] == "fast_scnn" and man["run"]["source"] == "picam" and man["run"]["threads"] == 2
+    assert man["run"]["model"] == "fast_scnn-fp32" and man["run"]["source"] == "picam" and man["run"]["threads"] == 2
     assert man["target"] == "any"
 
 
@@ -123,8 +123,8 @@ def test_openvino_model_brings_its_weights_file(tmp_path):
 
 def test_bundle_refuses_a_model_whose_file_does_not_match_its_card(tmp_path):
     src = tmp_path / "m.pt"
-    shutil.copy(ZOO_DIR / "half_unet.pt", src)
-    shutil.copy(ZOO_DIR / "half_unet.card.json", tmp_path / "m.card.json")
+    shutil.copy(ZOO_DIR / "half_unet-fp32.onnx", src)
+    shutil.copy(ZOO_DIR / "half_unet-fp32.card.json", tmp_path / "m.card.json")
     card = json.loads((tmp_path / "m.card.json").read_text())
     card["file"] = "m.pt"
     (tmp_path / "m.card.json").write_text(json.dumps(card))
@@ -139,25 +139,25 @@ def test_bundle_refuses_a_model_whose_file_does_not_match_its_card(tmp_path):
 def test_a_failed_bundle_leaves_no_file_behind(tmp_path):
     out = tmp_path / "out" / "b.tar.gz"
     with pytest.raises(Exception, match="unknown model"):
-        make_bundle(["fast_scnn", "no_such_model"], out)
+        make_bundle(["fast_scnn-fp32", "no_such_model"], out)
     assert not out.exists()
     assert not out.parent.exists() or os.listdir(out.parent) == []
 
 
 def test_arm_target_says_when_the_zoo_has_no_arm_variant(tmp_path):
-    man, notes = make_bundle(["half_unet"], tmp_path / "a.tar.gz", target="arm")
-    assert man["target"] == "arm" and man["models"][0]["name"] == "half_unet"
+    man, notes = make_bundle(["half_unet-fp32"], tmp_path / "a.tar.gz", target="arm")
+    assert man["target"] == "arm" and man["models"][0]["name"] == "half_unet-fp32"
     assert any("no arm-specific variant" in n for n in notes)
 
 
 def test_arm_target_picks_the_arm_quantised_zoo_variant(tmp_path, monkeypatch):
     zoo = tmp_path / "zoo"
     zoo.mkdir()
-    card = json.loads((ZOO_DIR / "half_unet.card.json").read_text())
+    card = json.loads((ZOO_DIR / "half_unet-fp32.card.json").read_text())
     for name, target in (("half_unet-int8", "x86"), ("half_unet-int8-arm", "arm"), ("half_unet-fp32", None)):
-        shutil.copy(ZOO_DIR / "half_unet.pt", zoo / f"{name}.pt")  # (the exporter's naming and card fields)
+        shutil.copy(ZOO_DIR / "half_unet-fp32.onnx", zoo / f"{name}.onnx")  # (the exporter's naming and card fields)
         precision = name.split("-")[1]
-        write_card(zoo / f"{name}.pt", {**card, "name": name, "precision": precision, "export": {"target": target},
+        write_card(zoo / f"{name}.onnx", {**card, "name": name, "precision": precision, "export": {"target": target},
                                         "source": {"name": "half_unet"}})
     monkeypatch.setattr("edgeseg.zoo.ZOO_DIR", zoo)
     man, notes = make_bundle(["half_unet-int8"], tmp_path / "arm.tar.gz", target="arm")
@@ -179,13 +179,13 @@ def test_install_then_open_gives_the_default_model_and_run_config(bundle_file, t
     b = install_bundle(bundle_file, tmp_path / "b")
     assert sorted(os.listdir(tmp_path / "b")) == ["manifest.json", "models"]
     assert b.dir == (tmp_path / "b").resolve()
-    assert b.model_path == b.dir / "models" / "fast_scnn.pt"
-    assert b.model_path.read_bytes() == (ZOO_DIR / "fast_scnn.pt").read_bytes()
+    assert b.model_path == b.dir / "models" / "fast_scnn-fp32.onnx"
+    assert b.model_path.read_bytes() == (ZOO_DIR / "fast_scnn-fp32.onnx").read_bytes()
     assert [m.name for m in b.models] == ZOO_MODELS
-    assert b.model("half_unet").card.name == "half_unet"
+    assert b.model("half_unet-fp32").card.name == "half_unet-fp32"
     cfg = b.run_config
     assert cfg == {
-        "model": "fast_scnn",
+        "model": "fast_scnn-fp32",
         "source": "picam",
         "backend": "auto",
         "threads": 2,
@@ -204,11 +204,11 @@ def test_reinstall_replaces_the_previous_bundle_completely(bundle_file, tmp_path
     dest = tmp_path / "b"
     install_bundle(bundle_file, dest)
     one = tmp_path / "one.tar.gz"
-    make_bundle(["half_unet"], one)
+    make_bundle(["half_unet-fp32"], one)
     b = install_bundle(one, dest)
     assert sorted(os.listdir(dest)) == ["manifest.json", "models"]
-    assert sorted(os.listdir(dest / "models")) == ["half_unet.card.json", "half_unet.pt"]
-    assert b.run_config["model"] == "half_unet"
+    assert sorted(os.listdir(dest / "models")) == ["half_unet-fp32.card.json", "half_unet-fp32.onnx"]
+    assert b.run_config["model"] == "half_unet-fp32"
 
 
 def test_install_refuses_a_folder_that_holds_other_things(bundle_file, tmp_path):
@@ -243,12 +243,12 @@ def test_one_flipped_byte_in_the_archive_is_refused(bundle_file, tmp_path):
 def test_one_flipped_byte_in_a_model_file_is_refused(bundle_file, tmp_path):
     entries = members(bundle_file)
     info, data = entries[1]
-    assert info.name == "models/fast_scnn.pt"
+    assert info.name == "models/fast_scnn-fp32.onnx"
     flipped = bytearray(data)
     flipped[12345] ^= 0x01
     entries[1] = (info, bytes(flipped))
     bad = write_tar(tmp_path / "tampered.tar.gz", entries)
-    assert_refused(bad, tmp_path, r"models/fast_scnn.pt does not match its sha256")
+    assert_refused(bad, tmp_path, r"models/fast_scnn-fp32.onnx does not match its sha256")
 
 
 def test_a_truncated_archive_is_refused(bundle_file, tmp_path):
@@ -258,9 +258,9 @@ def test_a_truncated_archive_is_refused(bundle_file, tmp_path):
 
 
 def test_a_missing_file_is_refused(bundle_file, tmp_path):
-    entries = [e for e in members(bundle_file) if e[0].name != "models/half_unet.card.json"]
+    entries = [e for e in members(bundle_file) if e[0].name != "models/half_unet-fp32.card.json"]
     bad = write_tar(tmp_path / "missing.tar.gz", entries)
-    assert_refused(bad, tmp_path, r"lacks models/half_unet.card.json")
+    assert_refused(bad, tmp_path, r"lacks models/half_unet-fp32.card.json")
 
 
 def test_a_file_not_in_the_manifest_is_refused(bundle_file, tmp_path):
@@ -284,17 +284,17 @@ def test_an_absolute_path_is_refused(bundle_file, tmp_path):
 
 def test_an_outward_symlink_is_refused(bundle_file, tmp_path):
     for linkname in ("../../outside", "/etc/passwd"):
-        link = tarfile.TarInfo("models/fast_scnn.card.json.link")
+        link = tarfile.TarInfo("models/fast_scnn-fp32.card.json.link")
         link.type, link.linkname = tarfile.SYMTYPE, linkname
         bad = write_tar(tmp_path / "sym.tar.gz", [*members(bundle_file), (link, None)])
         assert_refused(bad, tmp_path, "a link")
     # a symlink replacing a listed model file, pointing outside
-    entries = [e for e in members(bundle_file) if e[0].name != "models/fast_scnn.pt"]
-    link = tarfile.TarInfo("models/fast_scnn.pt")
-    link.type, link.linkname = tarfile.SYMTYPE, str(tmp_path / "outside.pt")
+    entries = [e for e in members(bundle_file) if e[0].name != "models/fast_scnn-fp32.onnx"]
+    link = tarfile.TarInfo("models/fast_scnn-fp32.onnx")
+    link.type, link.linkname = tarfile.SYMTYPE, str(tmp_path / "outside.onnx")
     bad = write_tar(tmp_path / "sym2.tar.gz", [*entries, (link, None)])
     assert_refused(bad, tmp_path, "a link")
-    assert not (tmp_path / "outside.pt").exists()
+    assert not (tmp_path / "outside.onnx").exists()
 
 
 def test_hard_links_devices_and_fifos_are_refused(bundle_file, tmp_path):
@@ -315,7 +315,7 @@ def test_member_count_and_size_limits(bundle_file, tmp_path):
     with pytest.raises(BundleError, match="members"):
         install_bundle(bundle_file, tmp_path / "t", max_members=3)
     with pytest.raises(BundleError, match="MiB"):
-        install_bundle(bundle_file, tmp_path / "t", max_bytes=1 << 20)  # the two .pt files are 1.2 MB
+        install_bundle(bundle_file, tmp_path / "t", max_bytes=1 << 20)  # the two .onnx files are 1.1 MB
     assert not (tmp_path / "t").exists()
 
 
@@ -342,18 +342,18 @@ def test_an_installed_bundle_with_a_flipped_byte_is_refused_when_opened(bundle_f
     data = bytearray(b.model_path.read_bytes())
     data[-1] ^= 0x01
     b.model_path.write_bytes(bytes(data))
-    with pytest.raises(BundleError, match="fast_scnn.pt does not match its sha256"):
+    with pytest.raises(BundleError, match="fast_scnn-fp32.onnx does not match its sha256"):
         open_bundle(tmp_path / "b")
 
 
 def test_an_installed_bundle_with_a_missing_or_linked_file_is_refused(bundle_file, tmp_path):
     b = install_bundle(bundle_file, tmp_path / "b")
-    card = b.dir / "models" / "half_unet.card.json"
+    card = b.dir / "models" / "half_unet-fp32.card.json"
     card.unlink()
-    with pytest.raises(BundleError, match="lacks models/half_unet.card.json"):
+    with pytest.raises(BundleError, match="lacks models/half_unet-fp32.card.json"):
         open_bundle(b.dir)
     outside = tmp_path / "outside.json"
-    shutil.copy(ZOO_DIR / "half_unet.card.json", outside)
+    shutil.copy(ZOO_DIR / "half_unet-fp32.card.json", outside)
     card.symlink_to(outside)
     with pytest.raises(BundleError, match="is a link"):
         open_bundle(b.dir)
@@ -367,13 +367,14 @@ def test_an_installed_bundle_with_a_missing_or_linked_file_is_refused(bundle_fil
 def test_cli_bundle_install_and_refusal(tmp_path):
     runner = CliRunner()
     out = tmp_path / "cli.tar.gz"
-    res = runner.invoke(main, ["bundle", "--models", "half_unet", "--source", "cam:0", "--out", str(out), "--json"])
+    res = runner.invoke(main, ["bundle", "--models", "half_unet-fp32", "--source", "cam:0", "--out", str(out),
+                               "--json"])
     assert res.exit_code == 0, res.output
     info = json.loads(res.stdout)
     assert info["sha256"] == sha256_file(out) and info["manifest"]["run"]["source"] == "cam:0"
     res = runner.invoke(main, ["install-bundle", str(out), "--dir", str(tmp_path / "dev"), "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["models"][0]["name"] == "half_unet"
+    assert json.loads(res.stdout)["models"][0]["name"] == "half_unet-fp32"
     entries = members(out)
     entries[1] = (entries[1][0], entries[1][1][:-1] + bytes([entries[1][1][-1] ^ 1]))
     bad = write_tar(tmp_path / "bad.tar.gz", entries)

@@ -746,3 +746,81 @@ def test_page_draws_the_series_from_its_own_route_and_stays_self_contained(serve
     assert status == 200 and "series.json" in page and "series.csv" in page and '<canvas id="chart"' in page
     assert not re.search(r"https?://", page, flags=re.I), "the page names an external URL"
     assert "<script src" not in page and "unsafe" not in headers["Content-Security-Policy"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# idle connections and the count carried with each frame
+
+
+def _read_part_headers(resp) -> tuple[dict, bytes]:
+    """(headers, JPEG) of one part of a multipart/x-mixed-replace response."""
+    line = resp.fp.readline()
+    while line in (b"\r\n", b""):
+        line = resp.fp.readline()
+    assert line == f"--{BOUNDARY}\r\n".encode(), line
+    headers = {}
+    while (line := resp.fp.readline()) != b"\r\n":
+        k, v = line.decode().split(":", 1)
+        headers[k.strip().lower()] = v.strip()
+    data = resp.fp.read(int(headers["content-length"]))
+    assert resp.fp.read(2) == b"\r\n"
+    return headers, data
+
+
+def test_forty_idle_connections_do_not_lock_a_viewer_out(feed):
+    s = serve(feed, port=0, header_timeout=3600)  # idle sockets are only closed to make room, here
+    feed.publish(_frame(1), {"count": 3})
+    idle = [socket.create_connection(("127.0.0.1", s.port), timeout=5) for _ in range(40)]
+    try:
+        assert _wait(lambda: s.connections == 40), s.connections  # every slot (8 streams + 32) taken by idle sockets
+        status, _, body = _request(s, "/stats", timeout=10)
+        assert status == 200 and json.loads(body)["count"] == 3
+        conn, resp = _open_stream(s, timeout=10)
+        assert resp.status == 200 and _read_part_headers(resp)[1][:2] == b"\xff\xd8"
+        assert s._httpd.evicted >= 1  # the oldest idle socket gave its slot up
+        resp.close()
+        conn.close()
+        assert idle[0].recv(1) == b""  # the oldest idle socket was closed by the server
+    finally:
+        for sock in idle:
+            sock.close()
+        s.shutdown()
+
+
+def test_a_connection_that_sends_no_request_is_closed_after_the_header_timeout(feed):
+    s = serve(feed, port=0, header_timeout=0.3)
+    try:
+        sock = socket.create_connection(("127.0.0.1", s.port), timeout=30)  # the timeout only stops a hang
+        sock.sendall(b"GET /stats HTTP/1.1\r\n")  # a request line, then nothing: a slow or stuck client
+        assert sock.recv(1) == b""  # closed by the server, without a response
+        sock.close()
+        assert _wait(lambda: s.connections == 0)
+        assert _request(s, "/healthz")[0] == 200  # a prompt client is served as before
+    finally:
+        s.shutdown()
+
+
+def test_each_streamed_frame_carries_its_own_count(feed, server):
+    """The page shows the count that came with the image: each part's X-Edgeseg-Count is its frame's count."""
+    conn, resp = _open_stream(server)
+    try:
+        seen = {}
+        for k in range(1, 6):
+            value = 40 * k
+            feed.publish(_frame(value), {"count": 100 + k, "frame": {"index": k - 1, "count": 100 + k}})
+            headers, jpeg = _read_part_headers(resp)
+            pixel = int(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_GRAYSCALE)[100, 150])
+            seen[int(headers["x-edgeseg-frame"])] = (int(headers["x-edgeseg-count"]),
+                                                     int(headers["x-edgeseg-index"]), pixel)
+        for count, index, pixel in seen.values():
+            assert count == 100 + index + 1  # the count published with that frame
+            assert abs(pixel - 40 * (index + 1)) <= 3  # ... and the image is that frame's
+    finally:
+        resp.close()
+        conn.close()
+
+
+def test_the_page_takes_the_count_from_the_stream_and_may_show_blob_images(server):
+    status, headers, page = _request(server, "/")
+    assert status == 200 and b"x-edgeseg-count" in page
+    assert "img-src 'self' blob:;" in headers["Content-Security-Policy"]
