@@ -75,7 +75,7 @@ def evaluate(
 
     for s in tqdm(samples, total=total, desc="evaluating", unit="img", disable=not progress):
         probs, plan = seg.probabilities(s.image)
-        mask, labels = postprocess(probs, s.labels.shape, post)
+        mask, labels = postprocess(probs, s.labels.shape, post, plan["rgb"])
         row = image_metrics(mask, labels, s.labels)
         probs256 = probs if not plan["tiled"] and probs.shape[1] == seg.input_size else seg.resized_probs(s.image)
         row["dice_256"] = dice(probs256[0] > post.threshold, resize_labels(s.labels, seg.input_size) > 0)

@@ -12,7 +12,11 @@ Order of operations (the same everywhere):
 3. split it into instances, either by 8-connected components (``"cc"``,
    :func:`connected_components`) or by a marker-controlled watershed
    (``"watershed"``, :func:`watershed_instances`);
-4. drop objects smaller than ``min_size`` pixels and relabel 1..N.
+4. drop objects smaller than ``min_size`` pixels and relabel 1..N;
+5. with the frame the network saw (``image=``), score each object (:func:`object_scores`: its confidence, the mean
+   foreground probability inside it, and its contrast against a ring of background around it) and drop those
+   under ``min_confidence`` / ``min_contrast`` (:func:`keep_scored`): speckle and textured background that the
+   network takes for nuclei is about as bright as the background around it.
 
 The functions take sizes in frame pixels; :class:`PostprocessConfig` (the card) holds
 them in model-output pixels and :func:`postprocess` scales them to the frame.
@@ -26,7 +30,7 @@ Torch-free: numpy and OpenCV only.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import cv2
@@ -37,7 +41,11 @@ __all__ = [
     "PostprocessConfig",
     "connected_components",
     "cut_tiles",
+    "instances",
+    "keep_scored",
+    "object_scores",
     "postprocess",
+    "postprocess_scored",
     "relabel_sequential",
     "resize_prob",
     "stitch",
@@ -55,6 +63,9 @@ DEFAULT_SEED_FRACTION = 0.6
 DEFAULT_SEED_WINDOW = 0
 DEFAULT_MIN_SIZE = 0
 DEFAULT_MIN_SEED_SIZE = 0
+DEFAULT_MIN_CONFIDENCE = 0.0  # 0: no object is dropped for its confidence
+DEFAULT_MIN_CONTRAST = 0.0  # 0: no object is dropped for its contrast
+DEFAULT_RING_WIDTH = 3  # the background ring around an object, model-output pixels
 
 
 # --------------------------------------------------------------------------- pixels
@@ -270,6 +281,68 @@ def watershed_instances(
     return relabel_sequential(labels, min_size, sizes=np.bincount(labels.ravel(), minlength=n_seeds + 1))
 
 
+# --------------------------------------------------------------------------- object scores
+
+
+def grey(image: np.ndarray) -> np.ndarray:
+    """A frame (H x W, or H x W x C) as one float32 grey-level map: the mean of its channels."""
+    image = np.asarray(image, dtype=np.float32)
+    return image if image.ndim == 2 else image.mean(axis=2)
+
+
+def object_scores(labels: np.ndarray, fg_prob: np.ndarray, image: np.ndarray | None = None,
+                  ring_width: int = DEFAULT_RING_WIDTH,
+                  fg_threshold: float = DEFAULT_THRESHOLD) -> dict[str, np.ndarray]:
+    """Per object 1..N of ``labels``: ``confidence`` (mean foreground probability inside it) and ``contrast``.
+
+    ``contrast`` is how far the object's mean grey level stands from that of a ring of background around it (the
+    pixels within ``ring_width`` px of it that no object covers and whose foreground probability is at most
+    ``fg_threshold``), in units of the ring's own
+    spread: ``|mean_in - mean_ring| / (std_ring + 1)`` (the 1 grey level keeps a flat synthetic ring finite). A
+    nucleus stands out (fluorescence: brighter, stains: darker); a patch of speckle or texture that the network
+    took for one does not. An object with no background around it (inside a clump) gets ``inf``: nothing to
+    compare it with, so no filter drops it; without an ``image`` every contrast is ``nan``.
+    ``fg_prob`` and ``image`` are at the size of ``labels``.
+    """
+    labels = np.asarray(labels)
+    n = int(labels.max(initial=0))
+    flat = labels.ravel()
+    inside = np.bincount(flat, minlength=n + 1)[1:].astype(np.float64)
+    prob_sum = np.bincount(flat, weights=np.asarray(fg_prob, np.float32).ravel(), minlength=n + 1)[1:]
+    confidence = prob_sum / np.maximum(inside, 1)
+    contrast = np.full(n, np.nan)
+    if image is not None and n:
+        g = grey(image).ravel().astype(np.float64)
+        sum_in = np.bincount(flat, weights=g, minlength=n + 1)[1:]
+        width = max(int(ring_width), 1)
+        disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
+        near = cv2.dilate(labels.astype(np.float32), disc).astype(np.int64).ravel()
+        ring = np.flatnonzero((near > 0) & (flat == 0) & (np.asarray(fg_prob).ravel() <= fg_threshold))
+        owner, gr = near[ring], g[ring]
+        n_ring = np.bincount(owner, minlength=n + 1)[1:].astype(np.float64)
+        s1 = np.bincount(owner, weights=gr, minlength=n + 1)[1:]
+        s2 = np.bincount(owner, weights=gr * gr, minlength=n + 1)[1:]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_ring = s1 / n_ring
+            std_ring = np.sqrt(np.maximum(s2 / n_ring - mean_ring**2, 0.0))
+            contrast = np.abs(sum_in / np.maximum(inside, 1) - mean_ring) / (std_ring + 1.0)
+        contrast[n_ring == 0] = np.inf
+    return {"confidence": confidence.astype(np.float32), "contrast": contrast.astype(np.float32)}
+
+
+def keep_scored(labels: np.ndarray, scores: dict[str, np.ndarray], min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+                min_contrast: float = DEFAULT_MIN_CONTRAST) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Drop the objects under ``min_confidence`` or ``min_contrast`` (a ``nan`` contrast, no image, passes) and
+    renumber the rest 1..N: (labels, their scores)."""
+    keep = scores["confidence"] >= min_confidence
+    with np.errstate(invalid="ignore"):
+        keep &= ~(scores["contrast"] < min_contrast)
+    if keep.all():
+        return labels, scores
+    sizes = np.concatenate([[0], keep.astype(np.int64)])
+    return relabel_sequential(labels, 1, sizes=sizes), {k: v[keep] for k, v in scores.items()}
+
+
 # --------------------------------------------------------------------------- config
 
 
@@ -283,7 +356,14 @@ class PostprocessConfig:
     - ``seed_threshold``: watershed with a boundary channel, seeds are ``boundary < seed_threshold``;
     - ``seed_fraction``, ``seed_window``: watershed without one, see :func:`watershed_instances`
       (``seed_window`` in model-output pixels, 0 = per connected component);
-    - ``min_seed_size``: smallest seed kept, in pixels at model-output resolution.
+    - ``min_seed_size``: smallest seed kept, in pixels at model-output resolution;
+    - ``min_confidence``: objects whose mean foreground probability is lower are dropped;
+    - ``min_contrast``: objects that stand out less than this from the background ring around them
+      (:func:`object_scores`, needs the frame) are dropped; ``ring_width`` is that ring's width in model-output
+      pixels. 0 (the default) drops nothing: older cards keep their results;
+    - ``stained``: overrides of the fields above for stained (H&E) frames (``edgeseg.data.image_type``), e.g.
+      ``{"method": "cc"}``: dense tissue and sparse fluorescence want different instance splitting. Applied when
+      the frame is given (:meth:`for_frame`); None: one config for every frame.
 
     Sizes are given at the model's output resolution, so a card holds the same numbers
     whatever the camera; :func:`postprocess` scales them to the frame.
@@ -296,11 +376,33 @@ class PostprocessConfig:
     seed_fraction: float = DEFAULT_SEED_FRACTION
     seed_window: int = DEFAULT_SEED_WINDOW
     min_seed_size: int = DEFAULT_MIN_SEED_SIZE
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
+    min_contrast: float = DEFAULT_MIN_CONTRAST
+    ring_width: int = DEFAULT_RING_WIDTH
+    stained: dict | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             choices = ", ".join(METHODS)
             raise ValueError(f"unknown post-processing method {self.method!r}; use one of: {choices}")
+        if self.stained:
+            known = {f.name for f in fields(self)} - {"stained"}
+            unknown = sorted(set(self.stained) - known)
+            if unknown:
+                raise ValueError(f"unknown post-processing keys {unknown} for stained frames; "
+                                 f"known keys: {sorted(known)}")
+            replace(self, **self.stained, stained=None)  # checks the values (a bad method raises here)
+
+    def for_frame(self, image: np.ndarray | None) -> PostprocessConfig:
+        """The config for one frame: with the ``stained`` overrides applied when ``image`` (8-bit RGB) is a stained
+        frame, else this one."""
+        if not self.stained or image is None or np.ndim(image) != 3 or np.shape(image)[2] < 3:
+            return self
+        from .data import image_type
+
+        if image_type(np.asarray(image)[::4, ::4, :3]) != "stained":
+            return self
+        return replace(self, **self.stained, stained=None)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
@@ -317,7 +419,8 @@ class PostprocessConfig:
 
 
 def postprocess(
-    outputs: np.ndarray, frame_shape: Sequence[int], cfg: PostprocessConfig | None = None
+    outputs: np.ndarray, frame_shape: Sequence[int], cfg: PostprocessConfig | None = None,
+    image: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Network probabilities -> (mask, labels) at the frame size.
 
@@ -325,16 +428,46 @@ def postprocess(
     taken as C=1): channel 0 is the foreground probability, channel 1 (if present) the
     boundary probability, used by ``method="watershed"``. ``frame_shape`` is the frame's
     shape (only ``(H, W)`` is read). Sizes in ``cfg`` (model-output pixels) are scaled by
-    the frame-to-output area ratio. Returns ``mask`` (bool HxW, the union of the kept
-    objects, i.e. the thresholded foreground without objects under ``min_size``) and
-    ``labels`` (int32 HxW, 0 = background, 1..N).
+    the frame-to-output area ratio. ``image``: the frame the network saw (H x W or H x W x C), needed by the
+    contrast filter (``cfg.min_contrast``; without it no object is dropped for its contrast). Returns ``mask``
+    (bool HxW, the union of the kept objects, i.e. the thresholded foreground without objects under
+    ``min_size`` or the score filters) and ``labels`` (int32 HxW, 0 = background, 1..N).
     """
-    cfg = cfg or PostprocessConfig()
+    cfg = (cfg or PostprocessConfig()).for_frame(image)
+    if cfg.min_confidence <= 0 and cfg.min_contrast <= 0:  # no score filter: skip the scoring
+        labels = instances(outputs, frame_shape, cfg)[1]
+    else:
+        labels = postprocess_scored(outputs, frame_shape, cfg, image)[1]
+    return labels > 0, labels
+
+
+def postprocess_scored(
+    outputs: np.ndarray, frame_shape: Sequence[int], cfg: PostprocessConfig | None = None,
+    image: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """:func:`postprocess` plus the kept objects' scores (:func:`object_scores`: ``confidence`` and ``contrast``
+    per object 1..N, ``contrast`` all ``nan`` without an ``image``)."""
+    cfg = (cfg or PostprocessConfig()).for_frame(image)
+    probs, labels = instances(outputs, frame_shape, cfg)
+    ring = max(round(cfg.ring_width * _area_scale(outputs, frame_shape) ** 0.5), 1)
+    scores = object_scores(labels, probs[0], image, ring, cfg.threshold)
+    labels, scores = keep_scored(labels, scores, cfg.min_confidence, cfg.min_contrast)
+    return labels > 0, labels, scores
+
+
+def _area_scale(outputs: np.ndarray, frame_shape: Sequence[int]) -> float:
+    """Frame pixels per model-output pixel (by area)."""
+    return (int(frame_shape[0]) * int(frame_shape[1])) / (outputs.shape[-2] * outputs.shape[-1])
+
+
+def instances(outputs: np.ndarray, frame_shape: Sequence[int], cfg: PostprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 1-4 of the post-processing: (probabilities C x H x W at the frame size, labels before any score
+    filter)."""
     outputs = np.asarray(outputs, dtype=np.float32)
     if outputs.ndim == 2:
         outputs = outputs[None]
     frame_h, frame_w = int(frame_shape[0]), int(frame_shape[1])
-    area_scale = (frame_h * frame_w) / (outputs.shape[1] * outputs.shape[2])
+    area_scale = _area_scale(outputs, frame_shape)
     min_size = round(cfg.min_size * area_scale)
     probs = resize_prob(outputs, (frame_h, frame_w))
     if cfg.method == "watershed":
@@ -350,7 +483,7 @@ def postprocess(
         )
     else:
         labels = connected_components(threshold(probs[0], cfg.threshold), min_size)
-    return labels > 0, labels
+    return probs, labels
 
 
 # --------------------------------------------------------------------------- tiling

@@ -23,7 +23,7 @@ import numpy as np
 from .card import ModelCard, as_card
 from .errors import EdgesegError, ModelError
 from .measure import FIELDS, measure
-from .postprocess import PostprocessConfig, cut_tiles, postprocess, stitch, tile_grid
+from .postprocess import PostprocessConfig, cut_tiles, postprocess_scored, stitch, tile_grid
 from .preprocess import normalise, resize_to, to_rgb8
 from .scale import TILE_OVERLAP, ScalePolicy, tile_mode
 
@@ -46,6 +46,9 @@ class Segmentation:
     scale_source: str = "resize"  # how the scale was chosen: resize | native | estimate | diameter | remembered
     diameter_px: float | None = None  # the nucleus diameter (frame pixels) the scale was planned for
     track_ids: dict | None = field(default=None, repr=False)  # label -> track id, set by a tracker (MeasureSink)
+    # per object 1..count: "confidence" (mean foreground probability) and "contrast" against the background ring
+    # around it (edgeseg.postprocess.object_scores), what the card's min_confidence / min_contrast filter on
+    scores: dict | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         """JSON-ready: the count and how the frame was run (no arrays)."""
@@ -65,8 +68,12 @@ class Segmentation:
         ``frame``: the original frame this result came from (any dtype, mono or multi-channel), whose
         intensities are measured; without it, the 8-bit RGB copy ``rgb`` is measured."""
         image = frame if frame is not None else self.rgb
-        return measure(self.labels, image, um_per_px=um_per_px, frame_index=frame_index,
-                       timestamp=timestamp).rows()
+        rows = measure(self.labels, image, um_per_px=um_per_px, frame_index=frame_index, timestamp=timestamp).rows()
+        fresh = self.scores and all(len(v) == self.count for v in self.scores.values())  # not after a tracker's cut
+        for row in rows if fresh else ():  # the scores the object filter used, per nucleus
+            for key, values in self.scores.items():
+                row[key] = round(float(values[int(row["label"]) - 1]), 4)
+        return rows
 
     def to_csv(self, path: str | Path, frame: np.ndarray | None = None, *, um_per_px: float | None = None,
                frame_index: int | None = None, timestamp: float | None = None) -> Path:
@@ -148,13 +155,16 @@ class Segmenter:
         diameter: float | None = None,
         remember_scale: bool = False,
         verify: bool = True,
+        warm_up: bool = True,
         **backend_options,
     ) -> Segmenter:
         """A zoo name, a model file (``.onnx``, ``.xml``, ``.pt``) or a run folder -> a ready Segmenter.
 
         The backend comes from the registry (``auto``: the one native to the file's format); PyTorch checkpoints
         need ``edgeseg[train]``. ``backend_options`` go to the backend (``tta=True`` for torch,
-        ``inference_precision`` for OpenVINO)."""
+        ``inference_precision`` for OpenVINO). With ``warm_up`` the model runs once on a blank input before it is
+        returned (:meth:`warm_up`): a file that loads but cannot run, or whose output does not match its card, is a
+        one-line :class:`~edgeseg.errors.ModelError` here rather than a traceback at the first frame."""
         from .backends import open_backend
 
         path, fmt, card = _resolve(model, verify)
@@ -165,8 +175,32 @@ class Segmenter:
             be.close()
             raise
         info = {"model": card.name, "path": str(path), "format": fmt, "precision": card.precision, **be.info()}
-        return cls(be, card, threshold=threshold, tile=tile, channel=channel, diameter=diameter,
-                   remember_scale=remember_scale, backend_info=info)
+        try:
+            seg = cls(be, card, threshold=threshold, tile=tile, channel=channel, diameter=diameter,
+                      remember_scale=remember_scale, backend_info=info)
+            if warm_up:
+                seg.warm_up()
+        except BaseException:
+            be.close()
+            raise
+        return seg
+
+    def warm_up(self) -> None:
+        """Run the model once on a blank input and check its output against the card (``1 x C x H x W``: the card's
+        output channels and input size). A runtime that loads a file but cannot run it (seen: OpenVINO on some ARM
+        CPUs) or an output of another size is a one-line :class:`~edgeseg.errors.ModelError`."""
+        h, w = self.card.input_size
+        try:
+            out = np.asarray(self.predict(np.zeros((1, 3, h, w), np.float32)))
+        except EdgesegError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"{self.name} fails at its first inference ({_first_line(exc)})",
+                             "try the other --backend (onnxruntime or openvino), or re-export the model") from exc
+        expected = (1, self.card.out_channels, h, w)
+        if out.shape != expected:
+            raise ModelError(f"{self.name} gives output {list(out.shape)} but its card says {list(expected)}",
+                             "re-export the model so the file and its card match")
 
     def close(self) -> None:
         """Release the backend (the Segmenter must not be used afterwards)."""
@@ -264,10 +298,16 @@ class Segmenter:
     def __call__(self, frame: np.ndarray, order: str = "rgb") -> Segmentation:
         probs, run = self.probabilities(frame, order)
         t1 = time.perf_counter()
-        mask, labels = postprocess(probs, frame.shape[:2], self.post)
+        mask, labels, scores = postprocess_scored(probs, frame.shape[:2], self.post, run["rgb"])
         timings = dict(run["timings"], postprocess=(time.perf_counter() - t1) * 1e3)
         return Segmentation(mask, labels, int(labels.max(initial=0)), probs, timings, run["tiled"], run["scale"],
-                            run["n_tiles"], run["rgb"], run["scale_source"], run["estimated_diameter_px"])
+                            run["n_tiles"], run["rgb"], run["scale_source"], run["estimated_diameter_px"],
+                            scores=scores)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
 
 
 def _resolve(model, verify: bool) -> tuple[Path, str, ModelCard]:
@@ -277,6 +317,9 @@ def _resolve(model, verify: bool) -> tuple[Path, str, ModelCard]:
     from .zoo import FORMATS, resolve_model
 
     p = Path(model)
+    if p.is_file() and p.suffix.lower() == ".xml" and not _looks_like_xml(p):
+        # checked here: OpenVINO's readers would try it as every other format and print their own errors first
+        raise ModelError(f"{p.name} is not an OpenVINO IR (not an XML file)", "re-export the model with edgeseg export")
     if p.is_file() and p.suffix.lower() in (".onnx", ".xml") and not card_path(p).exists():
         card = read_embedded_card(p)
         if card is None:
@@ -284,6 +327,16 @@ def _resolve(model, verify: bool) -> tuple[Path, str, ModelCard]:
         return p, FORMATS[p.suffix.lower()], ModelCard.from_dict(card, where=f"the card inside {p.name}")
     ref = resolve_model(model, verify=verify)  # checks the file (and an .xml's .bin) against its card
     return ref.path, ref.format, ref.card
+
+
+def _looks_like_xml(path: Path) -> bool:
+    """Whether a file starts like XML (``<``, after an optional byte-order mark and white space)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return True  # unreadable: the loader's own error says so
+    return head.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"<")
 
 
 def _check_shapes(be, card: ModelCard, path: Path) -> None:

@@ -12,7 +12,10 @@ from edgeseg.postprocess import (
     PostprocessConfig,
     connected_components,
     cut_tiles,
+    keep_scored,
+    object_scores,
     postprocess,
+    postprocess_scored,
     resize_prob,
     stitch,
     threshold,
@@ -254,3 +257,94 @@ def test_stitching_blends_disagreeing_tiles_without_a_hard_seam():
     row = out[0, 128]
     assert row[0] == 0.0 and row[-1] == 1.0
     assert np.abs(np.diff(row)).max() < 0.1  # a ramp over the overlap, not a 0 -> 1 step
+
+
+# --------------------------------------------------------------------------- object scores and the filter
+
+
+def speckle_scene(seed: int = 0):
+    """A dark fluorescence frame with multiplicative speckle and read noise, one bright disc (a nucleus) and a
+    network that takes the disc AND a flat patch of speckle for nuclei: (uint8 RGB frame, 1 x H x W probabilities)."""
+    rng = np.random.default_rng(seed)
+    base = np.full((128, 128), 30.0)
+    cv2.circle(base, (36, 64), 10, 200.0, -1)  # the nucleus
+    noisy = base * (1 + rng.normal(0, 0.1, base.shape)) + rng.normal(0, 2.0, base.shape)
+    frame = np.dstack([np.clip(np.rint(noisy), 0, 255).astype(np.uint8)] * 3)
+    prob = np.zeros((128, 128), np.float32)
+    cv2.circle(prob, (36, 64), 10, 0.95, -1)
+    cv2.circle(prob, (92, 64), 10, 0.9, -1)  # the speckle the network mistook for a nucleus
+    return frame, prob[None]
+
+
+def test_the_contrast_filter_drops_a_flat_speckle_blob_and_keeps_a_bright_disc():
+    frame, probs = speckle_scene()
+    cfg = PostprocessConfig(min_size=4, min_contrast=1.0)
+    _, unfiltered = postprocess(probs, frame.shape[:2], PostprocessConfig(min_size=4), frame)
+    assert unfiltered.max() == 2
+    mask, labels, scores = postprocess_scored(probs, frame.shape[:2], cfg, frame)
+    assert labels.max() == 1 and labels[64, 36] == 1 and labels[64, 92] == 0
+    assert not mask[64, 92] and mask[64, 36]
+    assert scores["contrast"][0] > 5 and scores["confidence"][0] == pytest.approx(0.95, abs=0.01)
+    # without the frame there is nothing to compare with: the contrast filter drops nothing
+    assert postprocess(probs, frame.shape[:2], cfg)[1].max() == 2
+
+
+def test_object_scores_measure_the_ring_around_each_object():
+    frame, probs = speckle_scene()
+    labels = connected_components(probs[0] > 0.5)
+    scores = object_scores(labels, probs[0], frame, ring_width=3)
+    bright, speckle = (scores["contrast"][labels[64, x] - 1] for x in (36, 92))
+    assert bright > 20 and speckle < 0.5
+    assert scores["confidence"][labels[64, 92] - 1] == pytest.approx(0.9, abs=1e-4)
+    whole = np.ones((20, 20), np.int32)  # an object with no background around it: nothing to compare, kept
+    assert np.isinf(object_scores(whole, np.ones((20, 20)), np.full((20, 20), 9.0))["contrast"][0])
+    assert np.isnan(object_scores(labels, probs[0])["contrast"]).all()
+
+
+def test_the_confidence_filter_drops_objects_the_network_is_unsure_of():
+    probs = np.zeros((1, 64, 64), np.float32)
+    cv2.circle(probs[0], (16, 32), 8, 0.95, -1)
+    cv2.circle(probs[0], (48, 32), 8, 0.55, -1)
+    labels = postprocess(probs, (64, 64), PostprocessConfig(min_confidence=0.7))[1]
+    assert labels.max() == 1 and labels[32, 16] == 1 and labels[32, 48] == 0
+    kept, scores = keep_scored(labels, {"confidence": np.array([0.9]), "contrast": np.array([np.nan])}, 0.5, 2.0)
+    assert kept is labels and len(scores["confidence"]) == 1  # a nan contrast (no frame) passes
+
+
+def test_a_card_without_the_filter_keys_filters_nothing():
+    old = {"method": "watershed", "threshold": 0.45, "min_size": 4, "seed_threshold": 0.3}
+    cfg = PostprocessConfig.from_dict(old)
+    assert (cfg.min_confidence, cfg.min_contrast) == (0.0, 0.0)
+    assert PostprocessConfig.from_dict(cfg.to_dict()) == cfg
+    frame, probs = speckle_scene()
+    assert postprocess(probs, frame.shape[:2], cfg, frame)[1].max() == 2
+
+
+def test_the_segmentation_records_each_nucleus_score_in_its_table():
+    from edgeseg.segmenter import Segmenter
+
+    frame, _ = speckle_scene()
+    card = {"input_size": [128, 128], "postprocess": PostprocessConfig(min_size=4, min_contrast=1.0).to_dict()}
+    _, probs = speckle_scene()
+    seg = Segmenter(lambda x: np.repeat(probs[None], len(x), axis=0), card, tile="never")
+    result = seg(frame)
+    assert result.count == 1 and result.scores["contrast"][0] > 5
+    row = result.table()[0]
+    assert row["confidence"] == pytest.approx(0.95, abs=0.01) and row["contrast"] > 5
+
+
+def test_stained_frames_get_their_own_instance_step():
+    labels = np.zeros((80, 80), np.int32)
+    cv2.circle(labels, (30, 40), 12, 1, -1)
+    cv2.circle(labels, (52, 40), 12, 2, -1)  # two touching nuclei
+    probs = np.stack([(labels > 0).astype(np.float32), boundary_of(labels)])
+    cfg = PostprocessConfig("watershed", 0.5, seed_threshold=0.5, stained={"method": "cc"})
+    grey = np.full((80, 80, 3), 40, np.uint8)  # a fluorescence-like frame: the watershed splits them
+    assert postprocess(probs, (80, 80), cfg, grey)[1].max() == 2
+    pink = np.dstack([np.full((80, 80), v, np.uint8) for v in (230, 150, 200)])  # an H&E-like frame: cc
+    assert postprocess(probs, (80, 80), cfg, pink)[1].max() == 1
+    assert PostprocessConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="for stained frames"):
+        PostprocessConfig(stained={"methd": "cc"})
+    with pytest.raises(ValueError, match="unknown post-processing method"):
+        PostprocessConfig(stained={"method": "magic"})

@@ -5,7 +5,7 @@ from conftest import disc_frame
 
 from edgeseg.errors import EdgesegError
 from edgeseg.postprocess import PostprocessConfig
-from edgeseg.scale import ScalePolicy, nucleus_diameter, nucleus_widths
+from edgeseg.scale import SHRINK_TO, ScalePolicy, classical_diameter, nucleus_diameter, nucleus_widths, snapped
 
 
 def policy(**kw) -> ScalePolicy:
@@ -82,3 +82,79 @@ def test_bad_diameters_are_refused():
         policy(diameter=12, tile="never")
     with pytest.raises(ValueError, match="unknown tile mode"):
         policy(tile="sometimes")
+
+
+def test_the_remembered_scale_does_not_flip_under_small_noise():
+    """Backends and CPUs give slightly different probabilities, hence estimates a few per cent apart: the planned
+    (and remembered) scale must be the same."""
+    frame, _ = disc_frame((1000, 1000), diameter=28, spacing=50)
+    stained = np.dstack([frame, frame // 2, frame])  # a colour frame: the network's estimate alone decides
+    scales, diameters = set(), []
+    for bias in (-0.04, 0.0, 0.04):  # the same frame, the probabilities' edges a fraction of a pixel apart
+
+        def noisy(tiles, bias=bias):
+            blurred = [cv2.GaussianBlur(t[..., 0].astype(np.float32) / 255.0, (0, 0), 2.0) for t in tiles]
+            return np.clip(np.stack(blurred)[:, None] + bias, 0, 1).astype(np.float32)
+
+        cache: dict = {}
+        plan = ScalePolicy(256, training_diameter=13.0, measure_post=PostprocessConfig(), cache=cache).plan(
+            stained, noisy)
+        assert plan.source == "estimate" and cache[(1000, 1000)].scale == plan.scale
+        scales.add(plan.scale)
+        diameters.append(plan.diameter_px)
+    assert max(diameters) / min(diameters) > 1.02  # the estimates differ ...
+    assert scales == {0.5}  # ... the plan does not
+    assert snapped(0.72) == snapped(0.77) == pytest.approx(2 ** -0.5)
+    assert snapped(1.0) == 1.0 and snapped(0.25) == 0.25
+
+
+def test_the_classical_diameter_measures_fluorescence_nuclei_at_any_magnification():
+    frame, _ = disc_frame((300, 300), diameter=16, spacing=40)
+    rgb = np.dstack([frame] * 3)
+    assert classical_diameter(rgb) == pytest.approx(16, rel=0.1)
+    twice = cv2.resize(rgb, (600, 600), interpolation=cv2.INTER_LINEAR)
+    assert classical_diameter(twice) == pytest.approx(32, rel=0.1)
+    stained = rgb.copy()
+    stained[..., 0] = 255 - stained[..., 0]  # a colour frame: no single grey threshold, no classical estimate
+    assert classical_diameter(stained) is None
+    assert classical_diameter(np.zeros((300, 300, 3), np.uint8)) is None
+
+
+def test_a_frame_near_the_input_size_with_nuclei_far_too_big_is_shrunk_without_the_network():
+    def never(_tiles):
+        raise AssertionError("the network must not run while planning")
+
+    frame, _ = disc_frame((280, 280), diameter=60, spacing=90)  # 60 px nuclei, 4.4x the training scale once squeezed
+    cache: dict = {}
+    plan = policy(cache=cache).plan(np.dstack([frame] * 3), never)
+    assert plan.source == "classical" and plan.diameter_px == pytest.approx(60, rel=0.1)
+    assert plan.scale == pytest.approx(snapped(SHRINK_TO * 12 / 60)) and cache[(280, 280)].scale == plan.scale
+    fitting, _ = disc_frame((280, 280), diameter=14, spacing=30)  # nuclei near the training scale: resized as before
+    assert policy().plan(np.dstack([fitting] * 3), never).source == "resize"
+
+
+def test_a_weak_network_that_measures_pieces_of_big_nuclei_is_overruled_on_fluorescence():
+    def pieces(tiles):
+        """A network that sees every nucleus as a grid of 8 px pieces, whatever their size."""
+        out = []
+        for t in tiles:
+            p = (t.mean(axis=2) / 255.0).astype(np.float32)
+            p[::8] = 0
+            p[:, ::8] = 0
+            out.append(p[None])
+        return np.stack(out)
+
+    frame, _ = disc_frame((1000, 1000), diameter=160, spacing=250)  # 41 px once squeezed to 256: too big
+    plan = policy().plan(np.dstack([frame] * 3), pieces)
+    assert plan.diameter_px == pytest.approx(160, rel=0.1)
+    assert plan.scale == pytest.approx(snapped(SHRINK_TO * 12 / plan.diameter_px))
+
+
+def test_a_small_frame_with_nuclei_far_too_small_is_enlarged_without_the_network():
+    def never(_tiles):
+        raise AssertionError("the network must not run while planning")
+
+    frame, _ = disc_frame((128, 128), diameter=6, spacing=16)  # a 256 px frame seen at x0.5: 6 px nuclei
+    plan = policy().plan(np.dstack([frame] * 3), never)
+    assert plan.source == "classical" and 1.5 < plan.scale <= 2.0
+    assert plan.scale == snapped(plan.scale)

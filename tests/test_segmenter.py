@@ -101,8 +101,8 @@ def test_a_given_diameter_replaces_the_estimate(model):
 
 def test_a_given_diameter_enlarges_a_frame_of_small_nuclei(model):
     frame, labels = disc_frame((200, 200), diameter=6, spacing=20)  # half the training scale of 12 px
-    padded = Segmenter.load(model, threads=1)(frame)
-    assert padded.scale == 1.0  # the estimate never enlarges a frame
+    measured = Segmenter.load(model, threads=1)(frame)  # the frame's own measure (fluorescence) enlarges it too
+    assert measured.scale_source == "classical" and 1.5 < measured.scale <= 2.0
     enlarged = Segmenter.load(model, threads=1, diameter=6)(frame)
     assert enlarged.scale == pytest.approx(2.0) and enlarged.n_tiles > 1
     assert enlarged.count == labels.max()

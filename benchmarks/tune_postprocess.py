@@ -1,0 +1,362 @@
+"""Choose each shipped network's post-processing on the VALIDATION splits and write it into the zoo cards.
+
+    python benchmarks/tune_postprocess.py [--models fast_scnn,...] [--write] [--cache DIR]
+    python benchmarks/tune_postprocess.py --apply benchmarks/results/postprocess_tuning.json   # cards only
+
+For each network, the file ``edgeseg run`` runs (``Zoo.variants(network, precision="int8")[0]``) predicts once,
+through the card's scale policy (``Segmenter.probabilities``), on
+
+* the DSB2018 validation split (canonical split, ``edge/splits/``),
+* the MoNuSeg validation tiles (``monuseg_train``, canonical split),
+* background-only frames made from the DSB validation images by ``benchmarks/frontier.py``'s ``background_sets``
+  (nuclei inpainted away; the same with speckle; flat noise frames): the right count is 0;
+
+and every candidate post-processing is scored on those predictions:
+
+1. the instance step (``method``, seeds, ``min_size``): the candidate with the best DSB val F1@0.5 among those whose
+   DSB val count MAE is no worse than the card's own config (within TOL_COUNT of the mean true count); if its MoNuSeg
+   val count MAE is worse than plain connected components on the same probabilities (the card's threshold and
+   ``min_size``), stained frames get their own (the card's ``postprocess.stained`` overrides): the candidate with
+   the best DSB val F1 (with it on the DSB stained images) among those whose MoNuSeg count MAE is no worse than
+   cc's, or the lowest MoNuSeg count MAE if none is;
+2. the object filter (``min_confidence``, ``min_contrast``, :func:`edgeseg.postprocess.object_scores`): the pair
+   with the fewest false nuclei per background frame among those that keep DSB val F1@0.5 and count MAE and
+   MoNuSeg val count MAE within ``TOL_*`` of the unfiltered step 1 choice (:func:`choose_filter`).
+
+The threshold stays the card's (chosen for Dice at training time). ``--write`` puts the choice into the
+``postprocess`` of every card of the network in ``edge/zoo/`` (the side cards; nothing else in them changes; the
+card embedded in an ONNX/OpenVINO file is not rewritten: the side card wins whenever it is there, see
+``edgeseg.segmenter._resolve``). Results: ``benchmarks/results/postprocess_tuning.md`` (and ``.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import pickle
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from common import DSB, MONUSEG, RESULTS, split_samples, write_results
+from frontier import background_sets, open_seg
+
+ZOO_DIR = Path(__file__).resolve().parent.parent / "edge" / "zoo"
+SHIPPED = ("fast_scnn", "fast_scnn_he", "half_unet", "mobilenetv2_unet")
+BACKGROUND_FRAMES_PER_KIND = 2
+MIN_CONFIDENCES = (0.0, 0.6, 0.7, 0.8)
+MIN_CONTRASTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+TOL_F1 = 0.002  # DSB val F1@0.5 may fall this much at most
+TOL_COUNT = 0.02  # DSB / MoNuSeg val count MAE may rise by this fraction of the mean true count at most: the small
+# networks under-count DSB (merged nuclei), so every false nucleus dropped adds to the count error while F1 rises
+FILTER_KEYS = ("min_confidence", "min_contrast")
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def instance_candidates(card) -> list[dict]:
+    """The instance step's grid: the card's own, plain connected components, watershed variants."""
+    base = {k: v for k, v in card.post_config().to_dict().items() if k not in FILTER_KEYS}
+    out = [base, *({**base, "method": "cc", "min_size": m} for m in (base["min_size"], 4, 8))]
+    if card.out_channels > 1:
+        out += [{**base, "method": "watershed", "seed_threshold": s, "min_seed_size": k, "min_size": m}
+                for s in (0.3, 0.5) for k in (6, 12, 24) for m in (4, 8)]
+    else:
+        out += [{**base, "method": "watershed", "seed_fraction": f, "seed_window": 0, "min_size": m}
+                for f in (0.6, 0.7, 0.8, 0.9) for m in (4, 8)]
+    unique = []
+    for c in out:
+        if c not in unique:
+            unique.append(c)
+    return unique
+
+
+def predictions(path: Path, frames: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(probabilities, the RGB frame the network saw) per frame, through the card's scale policy."""
+    with open_seg(path) as seg:
+        out = []
+        for f in frames:
+            probs, run = seg.probabilities(f)
+            out.append((probs, run["rgb"]))
+        return out
+
+
+def scored(preds, shapes, cfg) -> list[tuple[np.ndarray, dict]]:
+    """Labels and object scores of every frame for one config (``min_confidence`` / ``min_contrast`` applied if
+    set)."""
+    from edgeseg.postprocess import PostprocessConfig, postprocess_scored
+
+    post = PostprocessConfig.from_dict(cfg)
+    return [postprocess_scored(p, shape, post, rgb)[1:] for (p, rgb), shape in zip(preds, shapes, strict=True)]
+
+
+def plain_labels(preds, shapes, cfg) -> list[np.ndarray]:
+    """Labels of every frame for one config without the object filter (no scoring: faster)."""
+    from edgeseg.postprocess import PostprocessConfig, postprocess
+
+    post = PostprocessConfig.from_dict({**cfg, "min_confidence": 0.0, "min_contrast": 0.0})
+    return [postprocess(p, shape, post, rgb)[1] for (p, rgb), shape in zip(preds, shapes, strict=True)]
+
+
+def filtered(labels_scores, min_conf: float, min_contrast: float) -> list[np.ndarray]:
+    from edgeseg.postprocess import keep_scored
+
+    return [keep_scored(lab, sc, min_conf, min_contrast)[0] for lab, sc in labels_scores]
+
+
+def metric_rows(labels: list[np.ndarray], gts: list[np.ndarray]) -> list[dict]:
+    from edgeseg.metrics import image_metrics
+
+    return [image_metrics(lab > 0, lab, gt) for lab, gt in zip(labels, gts, strict=True)]
+
+
+def summary(rows: list[dict]) -> dict:
+    from edgeseg.metrics import summarise
+
+    s = summarise(rows)
+    return {k: s[k] for k in ("dice", "f1_50", "map", "count_mae", "count_bias")}
+
+
+def accuracy(labels: list[np.ndarray], gts: list[np.ndarray]) -> dict:
+    return summary(metric_rows(labels, gts))
+
+
+def background_mean(labels: list[np.ndarray]) -> float:
+    return float(np.mean([lab.max(initial=0) for lab in labels]))
+
+
+def load_data(cache: Path | None, network: str, path: Path, data: dict) -> dict:
+    """The predictions of one file on every validation frame (read from ``cache`` when it holds them)."""
+    where = cache / f"{network}.pkl" if cache else None
+    if where and where.exists():
+        return pickle.loads(where.read_bytes())
+    out = {}
+    for part in ("dsb", "monuseg", "background"):
+        say(f"{network}: predicting {part} ({len(data[part])} frames)")
+        out[part] = predictions(path, data[part])
+    if where:
+        where.parent.mkdir(parents=True, exist_ok=True)
+        where.write_bytes(pickle.dumps(out))
+    return out
+
+
+def mixed(general: dict, stained: dict, is_stained: list[bool]) -> list:
+    """Per frame, the stained candidate's value on stained frames and the general one's elsewhere."""
+    return [b if st else a for a, b, st in zip(general, stained, is_stained, strict=True)]
+
+
+def evaluate_pair(general: dict, stained: dict, types: dict) -> dict:
+    """DSB / MoNuSeg / background results of the general candidate with the stained one on stained frames."""
+    dsb = mixed(general["dsb_rows"], stained["dsb_rows"], types["dsb"])
+    mon = mixed(general["mon_rows"], stained["mon_rows"], types["monuseg"])
+    bg = mixed(general["bg_counts"], stained["bg_counts"], types["background"])
+    return {"dsb": summary(dsb), "monuseg": summary(mon), "background": float(np.mean(bg))}
+
+
+def choose_filter(filters: list[dict], true_counts: dict) -> dict:
+    """The filter with the fewest false nuclei per background frame among those that keep DSB val F1@0.5 (within
+    TOL_F1) and the DSB and MoNuSeg val count MAE of the unfiltered ``filters[0]`` (within TOL_COUNT of the mean
+    true count per image, ``true_counts``); the weaker filter on a tie."""
+    base = filters[0]
+
+    def kept(f: dict, part: str) -> bool:
+        return f[part]["count_mae"] <= base[part]["count_mae"] + TOL_COUNT * true_counts[part]
+
+    allowed = [f for f in filters
+               if f["dsb"]["f1_50"] >= base["dsb"]["f1_50"] - TOL_F1 and kept(f, "dsb") and kept(f, "monuseg")]
+    return min(allowed, key=lambda f: (round(f["background"], 2), f["min_confidence"] + f["min_contrast"]))
+
+
+def true_counts(data: dict) -> dict:
+    """Mean true nucleus count per image of the DSB and MoNuSeg validation images."""
+    return {"dsb": float(np.mean([g.max() for g in data["dsb_gt"]])),
+            "monuseg": float(np.mean([g.max() for g in data["monuseg_gt"]]))}
+
+
+def tune(network: str, path: Path, card, data: dict, preds: dict) -> dict:
+    from edgeseg.data import image_type
+
+    shapes = {k: [f.shape[:2] for f in data[k]] for k in ("dsb", "monuseg", "background")}
+    types = {k: [image_type(rgb[::4, ::4]) == "stained" for _, rgb in preds[k]] for k in shapes}
+    cands = []
+    for cfg in instance_candidates(card):
+        ls = {k: plain_labels(preds[k], shapes[k], cfg) for k in shapes}
+        cands.append({"post": cfg, "dsb_rows": metric_rows(ls["dsb"], data["dsb_gt"]),
+                      "mon_rows": metric_rows(ls["monuseg"], data["monuseg_gt"]),
+                      "bg_counts": [int(lab.max(initial=0)) for lab in ls["background"]]})
+    for c in cands:
+        c.update(evaluate_pair(c, c, types))
+    # 1. the general instance step: the best DSB val F1 with the same config on every frame, among those that count
+    #    DSB no worse than the card's own (within TOL_COUNT of the mean true count)
+    counts = true_counts(data)
+    counting = [c for c in cands
+                if c["dsb"]["count_mae"] <= cands[0]["dsb"]["count_mae"] + TOL_COUNT * counts["dsb"]]
+    general = max(counting, key=lambda c: (c["dsb"]["f1_50"], -c["monuseg"]["count_mae"]))
+    # the reference, as edgeseg.evaluate's compare_cc makes it: cc at the general step's threshold and min_size
+    reference = {**cands[0]["post"], "method": "cc", "min_size": general["post"]["min_size"]}
+    cc = next(c for c in cands if c["post"] == reference)
+    cc_mae = cc["monuseg"]["count_mae"]
+    # 2. stained frames: keep it if MoNuSeg counts no worse than cc, else the stained candidate with the best DSB
+    #    val F1 among those whose MoNuSeg count MAE is no worse than cc (the lowest MoNuSeg MAE if none is)
+    stained = general
+    if general["monuseg"]["count_mae"] > cc_mae:
+        pairs = [(c, evaluate_pair(general, c, types)) for c in cands]
+        ok = [pc for pc in pairs if pc[1]["monuseg"]["count_mae"] <= cc_mae]
+        stained = (max(ok, key=lambda pc: (pc[1]["dsb"]["f1_50"], -pc[1]["monuseg"]["count_mae"])) if ok
+                   else min(pairs, key=lambda pc: pc[1]["monuseg"]["count_mae"]))[0]
+    post = dict(general["post"])
+    if stained is not general:
+        post["stained"] = {k: v for k, v in stained["post"].items() if v != general["post"].get(k)}
+    best = {"post": post, **evaluate_pair(general, stained, types)}
+    say(f"{network}: instance step {post} (DSB F1 {best['dsb']['f1_50']:.3f}, MoNuSeg MAE "
+        f"{best['monuseg']['count_mae']:.1f} vs cc {cc_mae:.1f})")
+    # 3. the object filter on top of it
+    best_ls = {k: scored(preds[k], shapes[k], post) for k in shapes}
+    filters = []
+    for conf, contrast in itertools.product(MIN_CONFIDENCES, MIN_CONTRASTS):
+        labs = {k: filtered(best_ls[k], conf, contrast) for k in shapes}
+        filters.append({"min_confidence": conf, "min_contrast": contrast,
+                        "dsb": accuracy(labs["dsb"], data["dsb_gt"]),
+                        "monuseg": accuracy(labs["monuseg"], data["monuseg_gt"]),
+                        "background": background_mean(labs["background"])})
+    base, chosen = filters[0], choose_filter(filters, counts)
+    post = {**post, "min_confidence": chosen["min_confidence"], "min_contrast": chosen["min_contrast"]}
+    say(f"{network}: filter conf>={chosen['min_confidence']} contrast>={chosen['min_contrast']}: background "
+        f"{base['background']:.2f} -> {chosen['background']:.2f}, DSB F1 {base['dsb']['f1_50']:.3f} -> "
+        f"{chosen['dsb']['f1_50']:.3f}, MAE {base['dsb']['count_mae']:.2f} -> {chosen['dsb']['count_mae']:.2f}")
+    keep = ("post", "dsb", "monuseg", "background")
+    return {"file": path.name, "chosen": post, "card_before": card.post_config().to_dict(),
+            "before": {k: cands[0][k] for k in keep[1:]}, "cc_monuseg_mae": cc_mae,
+            "instance": [{k: c[k] for k in keep} for c in cands], "instance_best": best,
+            "filters": filters, "filter_chosen": chosen}
+
+
+def write_cards(network: str, post: dict) -> list[str]:
+    """Put ``post`` into every zoo card of ``network`` (only ``postprocess`` and ``postprocess_chosen_on``
+    change), written to a temporary name and renamed."""
+    from edgeseg.card import ModelCard
+    from edgeseg.fsutil import atomic_write_json
+
+    done = []
+    for cp in sorted(ZOO_DIR.glob("*.card.json")):
+        card = json.loads(cp.read_text())
+        if ModelCard.from_dict(card).network != network:  # fast_scnn_he is a fast_scnn arch: match the network
+            continue
+        card["postprocess"] = {**card.get("postprocess", {}), **post}
+        card["postprocess_chosen_on"] = ("DSB2018 and MoNuSeg validation splits, background frames made from the "
+                                         "DSB validation images (benchmarks/tune_postprocess.py)")
+        atomic_write_json(cp, card)
+        done.append(cp.name)
+    return done
+
+
+def fmt_acc(a: dict) -> str:
+    return f"{a['f1_50']:.3f} / {a['count_mae']:.2f}"
+
+
+def markdown(results: dict, meta: dict) -> str:
+    lines = ["# Post-processing chosen on validation", "",
+             f"Command: `{meta['command']}` ({meta['date']}, {meta['seconds'] / 60:.1f} min).", "",
+             f"Data: DSB2018 val ({meta['n_dsb']} images), MoNuSeg val ({meta['n_monuseg']} tiles), "
+             f"{meta['n_background']} background-only frames made from the DSB val images by frontier.py's "
+             f"`background_sets` ({BACKGROUND_FRAMES_PER_KIND} noise frames of each kind). Predictions: the file "
+             "`edgeseg run` runs, through the card's scale policy. Rule: see the script's docstring "
+             f"(tolerances: DSB F1 -{TOL_F1}; DSB and MoNuSeg count MAE + {TOL_COUNT:.0%} of the mean true "
+             "count per image).", "",
+             "| network | file | card before | chosen | DSB val F1 / count MAE before -> after | MoNuSeg val count "
+             "MAE before -> after (cc) | false nuclei per background frame before -> after |",
+             "|---|---|---|---|---|---|---|"]
+    for net, r in results.items():
+        after = r["filter_chosen"]
+        lines.append(f"| {net} | {r['file']} | `{json.dumps(r['card_before'])}` | `{json.dumps(r['chosen'])}` | "
+                     f"{fmt_acc(r['before']['dsb'])} -> {fmt_acc(after['dsb'])} | "
+                     f"{r['before']['monuseg']['count_mae']:.1f} -> {after['monuseg']['count_mae']:.1f} "
+                     f"({r['cc_monuseg_mae']:.1f}) | {r['before']['background']:.2f} -> {after['background']:.2f} |")
+    lines += ["", "## Instance step candidates (no filter)", "",
+              "| network | method | seeds | min_size | DSB F1 / MAE | MoNuSeg MAE | background |",
+              "|---|---|---|---|---|---|---|"]
+    for net, r in results.items():
+        for row in r["instance"]:
+            p = row["post"]
+            seeds = (f"seed_threshold {p['seed_threshold']}, min_seed_size {p['min_seed_size']}, seed_fraction "
+                     f"{p['seed_fraction']}" if p["method"] == "watershed" else "")
+            lines.append(f"| {net} | {p['method']} | {seeds} | {p['min_size']} | {fmt_acc(row['dsb'])} | "
+                         f"{row['monuseg']['count_mae']:.1f} | {row['background']:.2f} |")
+    lines += ["", "## Filter grid on the chosen instance step (DSB F1 / MAE; MoNuSeg MAE; background)", ""]
+    for net, r in results.items():
+        lines += [f"### {net}", "", "| min_confidence | " + " | ".join(f"contrast {c}" for c in MIN_CONTRASTS) + " |",
+                  "|---|" + "---|" * len(MIN_CONTRASTS)]
+        for conf in MIN_CONFIDENCES:
+            cells = [f"{f['dsb']['f1_50']:.3f}/{f['dsb']['count_mae']:.1f}; {f['monuseg']['count_mae']:.0f}; "
+                     f"{f['background']:.2f}" for f in r["filters"] if f["min_confidence"] == conf]
+            lines.append(f"| {conf} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def reselect(path: Path, out: Path) -> None:
+    """Apply :func:`choose_filter` again to the filter grids of an earlier run (no prediction, no scoring)."""
+    data = json.loads(path.read_text())
+    counts = true_counts({"dsb_gt": [s.labels for s in split_samples(DSB, "val")],
+                          "monuseg_gt": [s.labels for s in split_samples(MONUSEG, "val")]})
+    for net, r in data["results"].items():
+        r["filter_chosen"] = chosen = choose_filter(r["filters"], counts)
+        r["chosen"] = {**r["chosen"], "min_confidence": chosen["min_confidence"],
+                       "min_contrast": chosen["min_contrast"]}
+        say(f"{net}: filter conf>={chosen['min_confidence']} contrast>={chosen['min_contrast']}")
+    data["meta"]["command"] += f"; then --reselect (TOL_F1 {TOL_F1}, TOL_COUNT {TOL_COUNT})"
+    data["meta"]["true_counts"] = counts
+    write_results(out, data, markdown(data["results"], data["meta"]))
+
+
+def main() -> None:
+    from edgeseg.card import read_card
+    from edgeseg.zoo import Zoo
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(SHIPPED))
+    ap.add_argument("--write", action="store_true", help="write the choice into the zoo cards")
+    ap.add_argument("--cache", type=Path, default=None, help="keep the predictions here (a rerun reads them)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "postprocess_tuning")
+    ap.add_argument("--reselect", type=Path, default=None, metavar="JSON",
+                    help="choose the filter again (choose_filter) on the grid an earlier run's JSON holds; write --out")
+    ap.add_argument("--apply", type=Path, default=None, metavar="JSON",
+                    help="write the choices of an earlier run's result JSON into the zoo cards, and stop")
+    args = ap.parse_args()
+    if args.reselect:
+        reselect(args.reselect, args.out)
+        return
+    if args.apply:
+        for net, r in json.loads(args.apply.read_text())["results"].items():
+            say(f"{net}: {', '.join(write_cards(net, r['chosen']))}")
+        return
+    t0 = time.time()
+    say("loading DSB val, MoNuSeg val; making the background frames")
+    dsb, monuseg = split_samples(DSB, "val"), split_samples(MONUSEG, "val")
+    bg = background_sets(dsb, BACKGROUND_FRAMES_PER_KIND)
+    data = {"dsb": [s.image for s in dsb], "dsb_gt": [s.labels for s in dsb],
+            "monuseg": [s.image for s in monuseg], "monuseg_gt": [s.labels for s in monuseg],
+            "background": [f for frames in bg.values() for f in frames]}
+    zoo = Zoo()
+    results, written = {}, {}
+    for net in args.models.split(","):
+        ref = zoo.variants(net, precision="int8")[0]
+        preds = load_data(args.cache, net, ref.path, data)
+        card = read_card(ref.path, verify=False)
+        results[net] = tune(net, ref.path, card, data, preds)
+        if args.write:
+            written[net] = write_cards(net, results[net]["chosen"])
+    meta = {"command": " ".join(["python", "benchmarks/tune_postprocess.py", *sys.argv[1:]]),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": time.time() - t0,
+            "n_dsb": len(dsb), "n_monuseg": len(monuseg), "n_background": len(data["background"]),
+            "written": written}
+    write_results(args.out, {"meta": meta, "results": results}, markdown(results, meta))
+    say(f"wrote {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
