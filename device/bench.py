@@ -70,6 +70,7 @@ class BenchConfig:
     e2e: bool = False
     e2e_source: str | None = None  # None: the shipped clip, else a synthetic 640x480 source
     accuracy: bool = False
+    data: str | None = None  # --accuracy on this DSB-layout folder (its test split when canonical) [the sample]
     zoo: str | None = None  # a folder of exported files with cards [the shipped zoo]
 
 
@@ -135,28 +136,33 @@ def _file_targets(ref: ModelRef, backends: list[str]) -> list[Target]:
                    error=f"none of the backends {', '.join(backends)} runs a {kind}")]
 
 
-def _network_target(spec: str, backend: str, precision: str, zoo: Zoo, shipped: Zoo, where: str) -> Target | None:
-    """The file of network ``spec`` that the installed ``backend`` runs at ``precision`` (best for this CPU), or a
-    Target saying why there is none; None where the combination is not measured (a checkpoint is fp32 only)."""
+def _network_targets(spec: str, backend: str, precision: str, zoo: Zoo, shipped: Zoo, where: str,
+                     every_flavour: bool = False) -> list[Target]:
+    """The file of network ``spec`` that the installed ``backend`` runs at ``precision`` (the one made for this CPU's
+    kernels; ``every_flavour``: every INT8 flavour, for --accuracy), or a Target saying why there is none; none
+    where the combination is not measured (a checkpoint is fp32 only)."""
+    from .choose import cpu_identity
+
     formats = _backend_formats(backend)
     if formats[0] == "torch":  # the paper's baseline: the fp32 checkpoint, eager
         if precision != "fp32":
-            return None
+            return []
         ckpt = zoo.checkpoint(spec) or shipped.checkpoint(spec)
-        return _file_target(ckpt, spec, backend) if ckpt else Target(
-            spec, spec, backend, "fp32", error=f"no PyTorch checkpoint of {spec} in {where}")
+        return [_file_target(ckpt, spec, backend) if ckpt else Target(
+            spec, spec, backend, "fp32", error=f"no PyTorch checkpoint of {spec} in {where}")]
+    flavour = cpu_identity()["flavour"]
     for fmt in formats:
-        found = zoo.variants(spec, precision=precision, formats=(fmt,))
+        found = zoo.variants(spec, precision=precision, formats=(fmt,), target=flavour)
         if found:
-            return _file_target(found[0], spec, backend)
+            return [_file_target(r, spec, backend) for r in (found if every_flavour else found[:1])]
     if backend == "onnxruntime" and precision == "fp16":
-        return Target(spec, f"{spec}-fp16", backend, precision, error=(
+        return [Target(spec, f"{spec}-fp16", backend, precision, error=(
             f"no fp16 ONNX file of {spec} in {where} (ONNX Runtime's CPU provider runs fp16 graphs slower than fp32): "
-            "fp16 is an OpenVINO IR, bench it with --backends openvino"))
+            "fp16 is an OpenVINO IR, bench it with --backends openvino"))]
     fmt = "openvino" if backend == "openvino" else "onnx"
-    return Target(spec, f"{spec}-{precision}", backend, precision, error=(
+    return [Target(spec, f"{spec}-{precision}", backend, precision, error=(
         f"no {precision} file of {spec} for {backend} in {where}: "
-        f"export it with `edgeseg export {spec} --format {fmt} --precision {precision}`"))
+        f"export it with `edgeseg export {spec} --format {fmt} --precision {precision}`"))]
 
 
 def plan(cfg: BenchConfig) -> list[Target]:
@@ -173,16 +179,18 @@ def plan(cfg: BenchConfig) -> list[Target]:
         elif single is not None:
             targets += _file_targets(single, backends)
         elif spec not in zoo.networks() and shipped.checkpoint(spec) is None:
-            targets.append(Target(spec, spec, "-", "-", error=f"unknown model {spec!r} in {where}; give one of "
-                                  f"{', '.join(zoo.networks()) or 'none'}, a zoo variant or a model file"))
+            raise EdgesegError(f"unknown model {spec!r} in {where}",
+                               f"give a network ({', '.join(zoo.networks()) or 'none'}), a zoo variant "
+                               f"({', '.join(r.name for r in zoo.entries if r.format != 'torch') or 'none'}) "
+                               "or a model file")
         else:
             for backend in backends:
                 formats = _backend_formats(backend)
                 if isinstance(formats, str):  # not installed here: one row saying so
                     targets.append(Target(spec, spec, backend, "-", error=formats))
                     continue
-                found = (_network_target(spec, backend, p, zoo, shipped, where) for p in cfg.precisions)
-                targets += [t for t in found if t is not None]
+                for p in cfg.precisions:
+                    targets += _network_targets(spec, backend, p, zoo, shipped, where, cfg.accuracy and p != "fp32")
     return targets
 
 
@@ -344,13 +352,21 @@ def e2e_profile(seg, spec: str | None, frames: int, *, gflops: float | None = No
     return {**{k: head[k] for k in keys}, "runs": runs}
 
 
-def accuracy(seg, samples: list) -> dict:
-    """Dice (at the input size, the paper's figure) of ``seg`` on the shipped sample."""
-    from edgeseg.evaluate import evaluate
+def accuracy(seg, samples: list | None, data: str | None = None) -> dict:
+    """Dice (at the input size, the paper's figure) of ``seg`` on the shipped sample (``samples``), or on ``data``
+    (a DSB-layout folder: its test split when it is a canonical one, else every image)."""
+    from edgeseg.evaluate import evaluate, evaluate_folder
 
-    summary = evaluate(seg, iter(samples), progress=False)["summary"]
-    return {"dice_256": round(float(summary["dice_256"]), 4), "dice": round(float(summary["dice"]), 4),
-            "n_images": summary["n_images"], "data": f"{SAMPLE_DIR.name} (shipped sample)"}
+    if data:
+        result = evaluate_folder(seg, data)
+        info = result["info"]
+        where = f"{Path(data).name} {info.get('split') or 'all images'}"
+    else:
+        result = evaluate(seg, iter(samples or sample_images()), progress=False)
+        where = f"{SAMPLE_DIR.name} (shipped sample)"
+    summary = result["summary"]
+    return {"dice_256": round(float(summary["dice_256"]), 6), "dice": round(float(summary["dice"]), 6),
+            "n_images": summary["n_images"], "data": where}
 
 
 def _base_row(target: Target, threads: int | None) -> dict:
@@ -401,15 +417,16 @@ def measure(target: Target, threads: int, cfg: BenchConfig, samples: list | None
         info = seg.info
         row["executed_precision"] = info.get("executed_precision")
         row["threads"] = info.get("threads") or threads
-        x = _input_for(seg, samples)
+        x = model_input(seg, samples)
         row.update(iterations=cfg.iterations, warmup=cfg.warmup)
         row.update({k: v for k, v in time_predictor(seg.predict, x, cfg.iterations, cfg.warmup).items()
                     if k in ("fps", "latency_ms")})
         if cfg.accuracy:
-            acc = cached_accuracy if cached_accuracy is not None else accuracy(seg, samples or sample_images())
+            acc = cached_accuracy if cached_accuracy is not None else accuracy(seg, samples, cfg.data)
             row["accuracy"] = acc
             row["dice_sample"] = acc["dice_256"]
-            row["dice"], row["dice_from"] = acc["dice_256"], f"measured: {acc['n_images']}-image shipped sample"
+            on = f"{acc['data']}" if cfg.data else "shipped sample"
+            row["dice"], row["dice_from"] = acc["dice_256"], f"measured: {acc['n_images']}-image {on}"
         if cfg.e2e:
             row["e2e"] = e2e_profile(seg, cfg.e2e_source, cfg.iterations, gflops=row["gflops"], model_fps=row["fps"])
     except KeyboardInterrupt:
@@ -425,12 +442,15 @@ def measure(target: Target, threads: int, cfg: BenchConfig, samples: list | None
     return row
 
 
-def _input_for(seg, samples: list | None) -> np.ndarray:
+def model_input(seg, samples: list | None = None) -> np.ndarray:
     """A real image (the first of the shipped sample), preprocessed exactly as the runtime does."""
     from edgeseg.preprocess import preprocess
 
     image = (samples or sample_images(1))[0].image
     return np.ascontiguousarray(preprocess(image, seg.input_size, mean=seg.mean, std=seg.std), np.float32)
+
+
+_input_for = model_input  # the name benchmarks/e2e_table.py imports
 
 
 def run_bench(cfg: BenchConfig, *, progress: bool = False, on_row: Callable[[dict], None] | None = None) -> dict:
@@ -479,6 +499,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = False, on_row: Callable[[dic
         interrupted = True
     finally:
         bar.close()
+    drops = int8_accuracy(rows, cfg, samples, acc_cache, threads[0]) if cfg.accuracy and not interrupted else []
     hardware["thermal"]["after"] = thermal_sample()
     hardware["other_cpu_share"] = other_cpu_share(cpu_before, cpu_snapshot(), os.cpu_count() or 1)
     return {
@@ -491,8 +512,43 @@ def run_bench(cfg: BenchConfig, *, progress: bool = False, on_row: Callable[[dic
                              f"input size after {cfg.warmup} warm-up calls; FPS = iterations / total time"},
         "rows": rows,
         "recommendation": recommend(rows),
+        "int8_accuracy": drops,
         "interrupted": interrupted,
     }
+
+
+def int8_accuracy(rows: list[dict], cfg: BenchConfig, samples: list, scored: dict, threads: int) -> list[dict]:
+    """For each INT8/FP16 file scored with --accuracy: its Dice drop against its FP32 twin (scored here too, on the
+    same backend where it runs it) measured on this CPU, beside the drop its cards record and its tolerance. Each
+    drop is kept in the choice cache: ``edgeseg run --model NETWORK`` rejects a file whose drop here is too large."""
+    from . import choose
+
+    cpu, cache, out, seen = choose.cpu_identity(), choose.read_cache(), [], set()
+    for r in ok_rows(rows):
+        if r["precision"] == "fp32" or not r.get("accuracy") or r["backend"] == "torch" or not r.get("file"):
+            continue
+        zoo = Zoo(Path(r["file"]).parent)
+        ref = next((z for z in zoo.entries if z.path == Path(r["file"]).resolve()), None)
+        twin = zoo.fp32_twin(ref) if ref is not None and (r["file"], r["backend"]) not in seen else None
+        seen.add((r["file"], r["backend"]))
+        if twin is None:
+            continue
+        be = choose.twin_backend(twin, r["backend"])
+        key = (str(twin.path), be)
+        if key not in scored:
+            with _open(Target(twin.network, twin.name, be, "fp32", twin.path, twin.card), threads) as seg:
+                scored[key] = accuracy(seg, samples, cfg.data)
+        measured = choose.drop_record(ref, twin, r["accuracy"], scored[key])
+        rec = choose.record_drop(cache, ref, twin, r["backend"], cpu, measured)
+        choose.forget_choices(cache, ref.network)  # `edgeseg run --model NETWORK` chooses again, with this drop
+        tol, on_card = choose.tolerance(ref.card), choose.card_drop(ref, twin)
+        out.append({**{k: rec[k] for k in ("model", "fp32_model", "dice", "fp32_dice", "drop", "data", "n_images")},
+                    "backend": r["backend"], "target": ref.card.target, "card_drop": on_card, "tolerance": tol,
+                    "within": rec["drop"] <= tol, "card_within": on_card is None or on_card <= tol,
+                    "flavour": cpu["flavour"]})
+    if out:
+        choose.write_cache(cache)
+    return out
 
 
 # --------------------------------------------------------------------------- reading the rows
@@ -619,6 +675,25 @@ def format_e2e(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_int8_accuracy(drops: list[dict]) -> str:
+    """The --accuracy table of INT8 files: the Dice drop against FP32 measured on this CPU beside the card's."""
+    from .choose import FLAVOUR_LABEL
+
+    data = "; ".join(sorted({f"{d['data']}, {d['n_images']} images" for d in drops}))
+    head = (f"{'model':<30}{'backend':<12}{'made for':<13}{'Dice':>8}{'FP32':>8}{'drop here':>11}{'card drop':>11}"
+            f"{'tolerance':>11}  over")
+    lines = [f"INT8 accuracy on this CPU ({FLAVOUR_LABEL.get(drops[0]['flavour'], drops[0]['flavour'])}): Dice@256 "
+             f"drop against the FP32 file, measured here on {data}; the card's drop is on the DSB2018 test split",
+             head, "-" * len(head)]
+    for d in drops:
+        over = ", ".join(w for w, ok in (("here", d["within"]), ("card", d["card_within"])) if not ok)
+        lines.append(f"{d['model'][:29]:<30}{d['backend']:<12}{d['target'] or 'any':<13}{d['dice']:>8.4f}"
+                     f"{d['fp32_dice']:>8.4f}{d['drop']:>11.4f}{_fmt(d['card_drop'], '.4f'):>11}{d['tolerance']:>11}"
+                     f"  {over}".rstrip())
+    lines.append("a file over its tolerance (here or on its card) is never what `edgeseg run --model NETWORK` picks")
+    return "\n".join(lines)
+
+
 def dice_note(rows: list[dict]) -> str:
     froms = sorted({r["dice_from"] for r in ok_rows(rows) if r.get("dice_from")})
     return "Dice: " + ("; ".join(froms) if froms else "none known (run with --accuracy)")
@@ -728,6 +803,8 @@ def report_text(result: dict, plot_out: str | None = None) -> str:
     lines = [format_report(result["hardware"]), "", format_table(result["rows"]), dice_note(result["rows"])]
     if any(r.get("e2e") for r in result["rows"]):
         lines += ["", format_e2e(result["rows"])]
+    if result.get("int8_accuracy"):
+        lines += ["", format_int8_accuracy(result["int8_accuracy"])]
     if result["recommendation"]:
         lines.append(result["recommendation"]["text"])
     if plot_out:

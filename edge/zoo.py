@@ -16,7 +16,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-from .card import CARD_SUFFIX, ModelCard, card_path, read_card, verify_files
+from .card import CARD_SUFFIX, TARGETS, ModelCard, card_path, read_card, verify_files
 from .errors import EdgesegError, ModelError
 
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
@@ -68,10 +68,22 @@ class ModelRef:
         return self.card.target[:3] if self.card.target else None
 
 
-def _target_rank(ref: ModelRef, family: str) -> int:
-    """Files for this CPU's kernels first: on x86 the VNNI file, then a neutral one, then the no-VNNI flavour."""
-    order = ["arm", None] if family == "arm" else ["x86", None, "x86-no-vnni"]
+def _target_rank(ref: ModelRef, flavour: str) -> int:
+    """Files for this CPU's kernels first: on x86 the VNNI file, then a neutral one, then the no-VNNI flavour (on an
+    AVX2 CPU without VNNI, ``x86-no-vnni``: the other way round)."""
+    orders = {"arm": ["arm", None], "x86-no-vnni": ["x86-no-vnni", None, "x86"]}
+    order = orders.get(flavour, ["x86", None, "x86-no-vnni"])
     return order.index(ref.card.target) if ref.card.target in order else len(order)
+
+
+def checkpoint_folder() -> Path | None:
+    """Where the zoo's PyTorch checkpoints are installed when they are not in :data:`ZOO_DIR`: the folder of the
+    data-only ``edgeseg-checkpoints`` wheel (``make wheel``) that the ``[train]`` and ``[export]`` extras install.
+    The runtime wheel leaves them out (a torch-free device cannot load them); a source checkout has them in ZOO_DIR."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("edgeseg_checkpoints")
+    return Path(spec.origin).resolve().parent if spec is not None and spec.origin else None
 
 
 class Zoo:
@@ -79,22 +91,25 @@ class Zoo:
 
     def __init__(self, folder: str | Path | None = None):
         self.folder = ZOO_DIR if folder is None else Path(folder)
+        # the shipped zoo also holds the PyTorch checkpoints of the edgeseg-checkpoints wheel, where it is installed
+        self.folders = [self.folder] if folder is not None else [self.folder, *filter(None, [checkpoint_folder()])]
         self._entries: list[ModelRef] | None = None
 
     @property
     def entries(self) -> list[ModelRef]:
         """Every model file with a readable card, sorted by card name (read once; files not re-hashed)."""
         if self._entries is None:
-            out = []
-            for cp in sorted(self.folder.glob(f"*{CARD_SUFFIX}")):
-                try:
-                    card = ModelCard.from_dict(json.loads(cp.read_text()), where=cp.name)
-                except (OSError, ValueError, EdgesegError):
-                    continue
-                path = self.folder / (card.file or "")
-                if card.file and path.is_file():
-                    out.append(ModelRef(card.name, path.resolve(), FORMATS.get(path.suffix, "?"), card))
-            self._entries = out
+            out: dict[str, ModelRef] = {}
+            for folder in self.folders:
+                for cp in sorted(folder.glob(f"*{CARD_SUFFIX}")):
+                    try:
+                        card = ModelCard.from_dict(json.loads(cp.read_text()), where=cp.name)
+                    except (OSError, ValueError, EdgesegError):
+                        continue
+                    path = folder / (card.file or "")
+                    if card.file and path.is_file() and card.name not in out:
+                        out[card.name] = ModelRef(card.name, path.resolve(), FORMATS.get(path.suffix, "?"), card)
+            self._entries = sorted(out.values(), key=lambda r: r.name)
         return self._entries
 
     def get(self, name: str) -> ModelRef | None:
@@ -107,6 +122,21 @@ class Zoo:
         """The networks that have files here."""
         return sorted({r.network for r in self.entries})
 
+    def network_name(self, spec: str | Path) -> str | None:
+        """``spec`` when it names a network with exported files here (``fast_scnn``: its checkpoint shares the name),
+        None when it names one exported file (``fast_scnn-int8``), a path or nothing known."""
+        spec = str(spec)
+        ref = self.get(spec)
+        if ref is not None and ref.format != "torch":
+            return None
+        return spec if any(r.network == spec and r.format != "torch" for r in self.entries) else None
+
+    def fp32_twin(self, ref: ModelRef) -> ModelRef | None:
+        """The FP32 exported file of ``ref``'s network, the one ``ref`` (an INT8 or FP16 file) is compared with: of
+        ``ref``'s format where there is one, else ONNX."""
+        found = self.variants(ref.network, precision="fp32", formats=(ref.format, "onnx", "openvino"))
+        return next((r for r in found if r.path != ref.path), None)
+
     def checkpoint(self, network: str) -> ModelRef | None:
         """The PyTorch checkpoint of ``network``, if shipped."""
         return next((r for r in self.entries if r.network == network and r.format == "torch"), None)
@@ -114,9 +144,9 @@ class Zoo:
     def variants(self, network: str, *, precision: str | None = None, target: str | None = None,
                  formats: tuple[str, ...] | None = None) -> list[ModelRef]:
         """The files of ``network`` (exported ones, or those in ``formats``; of ``precision`` if given), best first for
-        ``target`` (``x86`` / ``arm``; None: this CPU): by format in the order given, then files quantised for that
-        CPU's kernels, then target-neutral ones, then the other flavours."""
-        family = target if target in ("x86", "arm") else cpu_family()
+        ``target`` (``x86``, ``x86-no-vnni``, ``arm``; None: this CPU's family, x86 or arm): by format in the order
+        given, then files quantised for that CPU's kernels, then target-neutral ones, then the other flavours."""
+        family = target if target in TARGETS else cpu_family()
         found = [r for r in self.entries if r.network == network and (precision is None or r.precision == precision)
                  and (r.format in formats if formats else r.format != "torch")]
         order = list(formats) if formats else ["onnx", "openvino"]

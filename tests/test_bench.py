@@ -100,9 +100,46 @@ def test_bench_measures_every_combination_and_failures_become_rows(zoo):
     assert 0.0 <= result["hardware"]["other_cpu_share"] <= 1.0
 
 
-def test_unknown_model_is_a_row_with_its_reason(zoo):
-    rows = run_bench(fast(zoo, models=["nope"]))["rows"]
-    assert len(rows) == 1 and "unknown model 'nope'" in rows[0]["error"] and "disc" in rows[0]["error"]
+def test_an_unknown_model_fails_with_one_line_listing_the_valid_names(zoo):
+    res = CliRunner().invoke(main, ["bench", "--zoo", str(zoo), "--models", "disc,TYPO", "--iterations", "1"])
+    assert res.exit_code == 2
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown model 'TYPO'")
+    assert "a network (disc), a zoo variant (disc-fp32, disc-int8)" in lines[0]
+    shipped = CliRunner().invoke(main, ["bench", "--models", "TYPO"])
+    assert shipped.exit_code == 2 and len(shipped.output.strip().splitlines()) == 1
+    assert "fast_scnn, fast_scnn_he, half_unet" in shipped.output and "fast_scnn-int8," in shipped.output
+
+
+def test_with_accuracy_every_int8_flavour_is_planned(zoo):
+    card = {"source": {"name": "disc"}, "precision": "int8", "export": {"target": "arm"}}
+    write_threshold_onnx(zoo / "disc-int8-arm.onnx", card=card)
+    one = plan(fast(zoo, backends=["onnxruntime"], precisions=["int8"]))
+    assert [t.model for t in one] == ["disc-int8"]  # the file for this CPU's kernels
+    every = plan(fast(zoo, backends=["onnxruntime"], precisions=["int8"], accuracy=True))
+    assert [t.model for t in every] == ["disc-int8", "disc-int8-arm"]
+
+
+def test_accuracy_shows_the_int8_drop_measured_here_beside_the_cards_and_keeps_it(zoo, tmp_path, monkeypatch,
+                                                                                     sample_dir):
+    from edgeseg.device.choose import read_cache, write_cache
+
+    monkeypatch.setenv("EDGESEG_CACHE", str(tmp_path / "cache"))
+    write_cache({"schema": 1, "choices": {"k1": {"network": "disc"}, "k2": {"network": "other"}}, "drops": []})
+    result = run_bench(fast(zoo, backends=["onnxruntime"], accuracy=True))
+    [d] = result["int8_accuracy"]
+    assert (d["model"], d["fp32_model"], d["backend"]) == ("disc-int8", "disc-fp32", "onnxruntime")
+    assert d["drop"] == 0.0 and d["dice"] == d["fp32_dice"] > 0  # the same graph: no drop on any CPU
+    assert d["card_drop"] == pytest.approx(0.005) and d["tolerance"] == 0.01 and d["within"] is True
+    assert d["n_images"] == 8 and "shipped sample" in d["data"]
+    text = report_text(result)
+    assert "INT8 accuracy on this CPU" in text and "disc-int8" in text.split("INT8 accuracy")[1]
+    kept = read_cache()["drops"]
+    assert [(k["model"], k["drop"], k["n_images"]) for k in kept] == [("disc-int8", 0.0, 8)]
+    assert list(read_cache()["choices"]) == ["k2"]  # disc's cached choice is made again with the new drop
+    on_folder = run_bench(fast(zoo, backends=["onnxruntime"], accuracy=True, data=str(sample_dir)))
+    assert on_folder["int8_accuracy"][0]["data"].startswith("dsb2018_sample")
+    assert len(read_cache()["drops"]) == 2  # one a data set
 
 
 def test_ctrl_c_returns_the_rows_measured_so_far(zoo):

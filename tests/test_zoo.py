@@ -19,7 +19,9 @@ def test_variants_of_a_shipped_network_by_precision_and_format():
     zoo = Zoo()
     assert {"fast_scnn", "half_unet", "mobilenetv2_unet"} <= set(zoo.networks())
     int8 = [r.name for r in zoo.variants("half_unet", precision="int8")]
-    assert int8 == ["half_unet-int8", "half_unet-int8-ov"]  # ONNX first, then the OpenVINO IR
+    # ONNX first (this x86 CPU's file first, the ARM one after it), then the OpenVINO IR
+    assert int8[0] == "half_unet-int8" and int8[-1] == "half_unet-int8-ov"
+    assert int8.index("half_unet-int8-arm") == len(int8) - 2
     assert [r.name for r in zoo.variants("half_unet", precision="int8", formats=("openvino",))] == ["half_unet-int8-ov"]
     assert all(r.format != "torch" for r in zoo.variants("half_unet"))
     assert zoo.checkpoint("half_unet").name == "half_unet"
@@ -41,6 +43,22 @@ def test_variants_put_the_files_for_the_asked_cpu_first(flavoured_zoo):
     assert x86 == ["fast_scnn-int8", "fast_scnn-int8-x86-no-vnni", "fast_scnn-int8-arm"]
     arm = [r.name for r in flavoured_zoo.variants("fast_scnn", precision="int8", target="arm")]
     assert arm[0] == "fast_scnn-int8-arm"
+
+
+def test_variants_put_the_no_vnni_flavour_first_for_an_avx2_cpu(flavoured_zoo):
+    avx2 = [r.name for r in flavoured_zoo.variants("fast_scnn", precision="int8", target="x86-no-vnni")]
+    assert avx2 == ["fast_scnn-int8-x86-no-vnni", "fast_scnn-int8", "fast_scnn-int8-arm"]
+
+
+def test_the_zoo_ships_guarded_int8_files_for_avx2_cpus_without_vnni():
+    zoo = Zoo()
+    for net in ("fast_scnn", "fast_scnn_he"):
+        ref = zoo.get(f"{net}-int8-x86-no-vnni")
+        assert ref is not None and ref.network == net and ref.card.target == "x86-no-vnni"
+        assert ref.card.extra["quantization"]["reduce_range"] is True  # 7-bit weights: no u8 x s8 saturation
+        guard = ref.card.extra["guard"]
+        assert guard["drop"] <= guard["max_drop"] and ref.card.test_dice is not None
+        assert zoo.fp32_twin(ref).name == f"{net}-fp32"
 
 
 def test_for_target_swaps_in_the_file_made_for_that_cpu(flavoured_zoo):
