@@ -48,7 +48,15 @@ One that raises is reported as a ``processor_failed`` event and detached, the ru
 Exit codes (``edgeseg run``): 0 done (end of the source or ``--max-frames``, or the window closed); 2 bad input
 (missing or unreadable source, no camera, model file not matching its card, bad option); 3 a missing
 dependency (picamera2, a GUI-enabled OpenCV); 4 the source failed mid-run (camera lost, video corrupt mid-file:
-the frames before were processed and logged); 130 stopped by Ctrl-C; 143 stopped by SIGTERM.
+the frames before were processed and logged), or a write failed mid-run (disk full, I/O error: the run stops with
+``stopped`` ``disk_full`` or ``write_failed`` and the ``error`` in its summary; the log ends on a complete line,
+finished recording segments stay, nothing half-written is left under a final name); 130 stopped by Ctrl-C; 143
+stopped by SIGTERM.
+
+What a run writes is bounded (``--segment-s``/``--max-record-mb`` for the recording, ``--max-log-mb`` and
+``--log-every`` for the log) and checked before the first frame (:func:`check_outputs`: every folder writable,
+enough free space); hidden temporary files a killed run left there are removed at the start (``stale_removed`` in
+the ``start`` line).
 """
 
 from __future__ import annotations
@@ -67,9 +75,11 @@ import cv2
 import numpy as np
 
 from edgeseg.errors import EdgesegError
+from edgeseg.fsutil import WriteFailed, check_writable, remove_stale_temporaries
 from edgeseg.progress import Progress, reporter
 from edgeseg.zoo import DEFAULT_RUN_MODEL, SAMPLE_CLIP
 
+from .codecs import codec_note
 from .hardware import usable_cores
 from .options import RunOptions, check_run_options
 from .overlay import Overlay
@@ -88,7 +98,8 @@ EXIT_CODES = {
     EXIT_OK: "done: end of the source, --max-frames reached, or the window closed",
     EXIT_BAD_INPUT: "bad input: missing or unreadable source, no camera, model not matching its card, bad option",
     EXIT_MISSING_DEPENDENCY: "a missing dependency (picamera2, a GUI-enabled OpenCV for --display)",
-    EXIT_SOURCE_FAILED: "the source failed mid-run (camera lost after its retries, video corrupt mid-file)",
+    EXIT_SOURCE_FAILED: "the source failed mid-run (camera lost after its retries, video corrupt mid-file), or "
+                        "an output could not be written (disk full, I/O error)",
     EXIT_SIGINT: "stopped by Ctrl-C (recording and log finalised, summary printed)",
     EXIT_SIGTERM: "stopped by SIGTERM (recording and log finalised, summary printed)",
 }
@@ -230,6 +241,7 @@ def run_live(
     pipeline: bool = True,
     processors: Sequence = (),
     drop: bool | None = None,
+    log_every: int = 1,
 ) -> RunResult:
     """Run ``seg`` (a :class:`~edgeseg.segmenter.Segmenter`) on every frame of ``source`` until it ends, ``max_frames``
     frames were processed or ``stop`` is set. Always finalises the log (with its summary line), the recording, the
@@ -240,11 +252,14 @@ def run_live(
     to the frame waiting for it: a camera's is replaced by the newer frame (counted in ``dropped_pipeline``), a
     file's waits (every frame of a file is processed). ``processors``: objects with ``process(frame, result) ->
     dict`` (called right after segmentation; the dict is merged into the frame's log record) and ``close() ->
-    dict`` (merged into the summary); one that raises is reported as an event and detached."""
+    dict`` (merged into the summary); one that raises is reported as an event and detached, except for a write that
+    failed (:class:`~edgeseg.fsutil.WriteFailed`: a full disk), which stops the run like a failed source. ``log_every``
+    writes one frame line every N frames (the statistics count every frame)."""
     loop = _Loop(seg, source, log or RunLog(None), recorder, display, list(sinks),
                  overlay or Overlay(channel=getattr(seg, "channel", "auto")), max_frames,
                  stop if stop is not None else StopFlag(), info, bool(pipeline), list(processors),
                  source.live if drop is None else bool(drop))
+    loop.log_every = max(1, int(log_every))
     return loop.run()
 
 
@@ -327,6 +342,7 @@ class _Loop:
         self.stopped = "end"
         self.slots: list[_Slot] = []
         self.threads: list[threading.Thread] = []
+        self.log_every = 1
 
     def on_event(self, ev: dict) -> None:
         self.events.append(ev)
@@ -361,6 +377,8 @@ class _Loop:
             for proc in list(self.processors):
                 try:
                     job.extra.update(proc.process(job.frame, job.result) or {})
+                except WriteFailed:  # a full disk stops the run (exit 4)
+                    raise
                 except Exception as exc:  # a broken measurement must not stop the microscope
                     self.processors.remove(proc)
                     self.on_event({"event": "processor_failed", "processor": type(proc).__name__,
@@ -412,6 +430,8 @@ class _Loop:
                 live.update(frame=record, count=record["count"], fps_rolling=round(rolling, 3))
             try:
                 sink.publish(image, live)
+            except WriteFailed:
+                raise
             except Exception as exc:  # a broken viewer must not stop the microscope
                 self.sinks.remove(sink)
                 self.on_event({"event": "sink_failed", "sink": type(sink).__name__, "error": repr(exc)})
@@ -419,7 +439,8 @@ class _Loop:
         record["output_ms"] = round((t4 - t3) * 1e3, 3)
         record["latency_ms"] = round((t4 - job.t0) * 1e3, 3)
         self.stats.add(record, job.t0, t4)
-        self.log.write(record)
+        if self.log_every == 1 or self.stats.frames % self.log_every == 1:
+            self.log.write(record)
         return keep_going
 
     def done(self) -> bool:
@@ -520,6 +541,8 @@ class _Loop:
                 self.stopped = stop.reason or "stopped"
         except KeyboardInterrupt:
             self.stopped, raised = "interrupted", None
+        except WriteFailed as exc:  # a full disk: stop like a failed source, keep what was complete
+            self.write_failed(exc)
         except BaseException as exc:
             self.stopped, raised = "error", exc
         finally:
@@ -528,6 +551,10 @@ class _Loop:
             if recorder is not None:
                 try:
                     recording = recorder.close()  # what was recorded is a complete, playable file
+                except WriteFailed as exc:  # the open segment did not finish: it is removed, the others stay
+                    recorder.abort()
+                    self.write_failed(exc)
+                    recording = getattr(recorder, "last", None)
                 except Exception:  # finishing the file failed: leave no partial file under the real name
                     recorder.abort()
             if self.display is not None:
@@ -541,27 +568,58 @@ class _Loop:
                      "recording": str(recording) if recording else None}
             if recorder is not None:
                 extra["recording_dropped"] = int(getattr(recorder, "dropped", 0))
+                if getattr(recorder, "segment_s", None):
+                    extra["recording_segments"] = len(recorder.segments)
+                    extra["recording_segments_dropped"] = recorder.segments_dropped
             summary = self.stats.summary(**extra)
             summary.update({k: v for k, v in closed.items() if k not in summary})
             if raised is not None:
                 summary["error"] = str(raised) or type(raised).__name__
             if self.error is not None:
                 summary["error"] = str(self.error)
-            log.write(summary)
+            try:
+                log.write(summary)
+            except WriteFailed as exc:  # the log itself cannot be written: the error line on stderr says so
+                self.error = exc if self.error is None else _also_no_summary(self.error, exc)
             log.close()
         if raised is not None:
             raise raised
         return RunResult(summary, self.stopped, log.path, recording, stop.signum, self.error, self.events)
+
+    def write_failed(self, exc: WriteFailed) -> None:
+        """A write failed (disk full): the run stops with exit code 4, the summary says why."""
+        if exc is self.error:  # the recorder raises its error again when it is closed
+            return
+        if self.error is None:
+            self.stopped, self.error = exc.stopped, exc
+        self.on_event_safe({"event": exc.stopped, "error": str(exc)})
+
+    def on_event_safe(self, ev: dict) -> None:
+        """An event that may not reach the log (its disk is full)."""
+        self.events.append(ev)
+        with contextlib.suppress(WriteFailed):
+            self.log.event(**ev)
 
     def _close_processors(self) -> dict:
         out: dict = {}
         for proc in self.processors:
             try:
                 out.update(proc.close() or {})
+            except WriteFailed as exc:
+                self.write_failed(exc)
             except Exception as exc:
                 self.on_event({"event": "processor_failed", "processor": type(proc).__name__, "error": repr(exc),
                                "at": "close"})
         return out
+
+
+def _also_no_summary(error: Exception, log_error: WriteFailed) -> WriteFailed:
+    """The run's error, saying that the log's summary line could not be written either (one line)."""
+    problem = getattr(error, "problem", str(error))
+    same = isinstance(error, WriteFailed) and str(error) == str(log_error)
+    more = "" if same else f" ({log_error.problem})"
+    return WriteFailed(f"{problem}; the log's summary line could not be written either{more}",
+                       getattr(error, "fix", None), disk_full=getattr(error, "disk_full", log_error.disk_full))
 
 
 # --------------------------------------------------------------------------- one run, from options
@@ -595,20 +653,10 @@ def load_segmenter(opts: RunOptions):
     """The Segmenter for a run, warmed up (one inference on a blank input) so model errors come first."""
     from edgeseg.segmenter import Segmenter
 
-    seg = Segmenter.load(opts.model, backend=opts.backend, threads=opts.threads, threshold=opts.threshold,
-                         tile=opts.tile, channel=opts.channel, diameter=opts.diameter,
-                         remember_scale=True)  # one scale estimate per frame size, not one per frame
-    s = seg.input_size
-    try:
-        seg.predict(np.zeros((1, 3, s, s), np.float32))
-    except EdgesegError:
-        seg.close()
-        raise
-    except Exception as exc:  # a runtime that loads a file but cannot run it (seen: OpenVINO on some ARM CPUs)
-        seg.close()
-        raise EdgesegError(f"{seg.name} fails at its first inference ({str(exc).splitlines()[0][:160]})",
-                           "try --backend onnxruntime, or another model file") from exc
-    return seg
+    # Segmenter.load warms it up: a file that cannot run, or whose output is not its card's, is a one-line error
+    return Segmenter.load(opts.model, backend=opts.backend, threads=opts.threads, threshold=opts.threshold,
+                          tile=opts.tile, channel=opts.channel, diameter=opts.diameter,
+                          remember_scale=True)  # one scale estimate per frame size, not one per frame
 
 
 def run_session(opts: RunOptions, progress: Progress | None = print, sinks: Sequence = ()) -> RunResult:
@@ -616,17 +664,21 @@ def run_session(opts: RunOptions, progress: Progress | None = print, sinks: Sequ
 
     Raises EdgesegError (one line, before anything is written) for a bad model, source or option.
     """
+    from .choose import choose_for_run
     from .sources import open_source
 
     if opts.model is None or opts.source is None:  # the demo: the shipped clip through the default model
         opts = replace(opts, model=opts.model or DEFAULT_RUN_MODEL, source=opts.source or str(SAMPLE_CLIP))
     check_run_options(opts)
+    check_outputs(opts)  # every folder a measurement output goes to can be written, with room
     processors = measurement(opts)  # before the model opens: bad output options fail first
     if opts.threads is None:
         opts = replace(opts, threads=inference_threads(usable_cores(), pipeline=not opts.sequential))
+    opts, chosen = choose_for_run(opts, reporter(progress))  # a network name: the file for this CPU (choose.py)
     seg = load_segmenter(opts)
     source = open_source(opts.source, model_size=seg.input_size, loop=opts.loop,
-                         pace=(opts.fps or 0.0) if opts.pace else None, default_fps=opts.fps)
+                         pace=(opts.fps or 0.0) if opts.pace else None, default_fps=opts.fps,
+                         max_pixels=opts.max_pixels)
     closers: list[Callable[[], None]] = [source.close]
     try:
         if opts.pace and source.kind in ("camera", "picam"):
@@ -641,9 +693,14 @@ def run_session(opts: RunOptions, progress: Progress | None = print, sinks: Sequ
                 record = Path(opts.record)
             elif not source.live:
                 record = out_dir / "overlay.mp4"
+        check_outputs(opts, out_dir if not opts.log else None, log_path, record)
+        stale = remove_stale_temporaries(p for p in (record, opts.csv, opts.labels_out, opts.ctc_out) if p)
         rate = None if source.live else (source.fps or opts.fps or DEFAULT_FPS)  # None: measured while running
         # a file's video has every frame; --sequential encodes in the loop's thread too (the loop as it was)
-        recorder = Recorder(record, rate, drop=source.live, threaded=not opts.sequential) if record else None
+        recorder = Recorder(record, rate, drop=source.live, threaded=not opts.sequential, segment_s=opts.segment_s,
+                            max_bytes=int(opts.max_record_mb * 2**20)) if record else None
+        if recorder is not None and (note := codec_note(recorder.fourcc, record.suffix)):
+            reporter(progress)(f"note: {note}")
         sinks = list(sinks)
         if opts.serve:
             from . import serve as serve_mod
@@ -657,15 +714,44 @@ def run_session(opts: RunOptions, progress: Progress | None = print, sinks: Sequ
         show = opts.display if opts.display is not None else (gui_available() and not opts.serve)
         display = Display() if show else None
         overlay = Overlay(opts.overlay, opts.channel, caption=seg.name)
-        log = RunLog(log_path)
+        log = open_log(log_path, opts)
         with stop_on_signals(StopFlag()) as stop:
             return run_live(seg, source, log=log, recorder=recorder, display=display, sinks=sinks, overlay=overlay,
                             max_frames=opts.max_frames, stop=stop, pipeline=not opts.sequential, processors=processors,
-                            info={"source": source.spec, "out": str(out_dir) if not opts.log else None})
+                            info={"source": source.spec, "out": str(out_dir) if not opts.log else None,
+                                  "stale_removed": stale,
+                                  "codec": recorder.fourcc if recorder else None, **chosen}, log_every=opts.log_every)
     finally:
         for close in reversed(closers):
             with contextlib.suppress(Exception):
                 close()
+
+
+def check_outputs(opts: RunOptions, *paths: Path | None) -> None:
+    """One-line errors (exit 2) before the first frame when a folder the run writes to cannot be created or
+    written, or its disk has too little room (:func:`edgeseg.fsutil.check_writable`): ``paths`` (a folder, or a
+    file whose folder is checked), or with none, the measurement outputs (``--csv``, ``--ctc-out``,
+    ``--labels-out``). Creates nothing."""
+    if not paths:
+        places = [(opts.csv, "--csv"), (opts.ctc_out, "--ctc-out"), (opts.labels_out, "--labels-out")]
+        folders = {Path(p).absolute().parent: what for p, what in places if p}
+    else:
+        out_dir, log, record = paths
+        given = [(log, "--log" if opts.log else "--out"), (record, "--record" if opts.record else "--out")]
+        folders = {Path(p).absolute().parent: what for p, what in given if p}
+        if out_dir is not None:
+            folders[Path(out_dir).absolute()] = "--out"
+    for folder, what in folders.items():
+        check_writable(folder, what)
+
+
+def open_log(path: Path, opts: RunOptions) -> RunLog:
+    """The run's log, bounded by ``--max-log-mb``; a path that cannot be opened is a one-line error (exit 2)."""
+    try:
+        return RunLog(path, max_bytes=int(opts.max_log_mb * 2**20))
+    except OSError as exc:
+        raise EdgesegError(f"cannot write the log {path} ({exc.strerror or exc})",
+                           "give --log a file in a writable folder, or --out a writable folder") from None
 
 
 def measurement(opts: RunOptions) -> list:

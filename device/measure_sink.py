@@ -38,7 +38,9 @@ it is full, so an interrupted run keeps every full part. Part 1 has the given na
 most 65,535 CTC track labels (uint16) and :data:`PART_BYTES` bytes of raw OME-TIFF labels. An output stops
 (its last part finalised, the run goes on, the frame record says so once) after :data:`MAX_PARTS` parts or
 when the disk holding it has less than :data:`MIN_FREE_BYTES` left (looked at as each part opens and every
-:data:`CHECK_EVERY` frames; a write that fails, e.g. a full disk, stops that output the same way). A track that
+:data:`CHECK_EVERY` frames). A write that fails (a full disk, an I/O error) stops the run instead
+(:class:`edgeseg.fsutil.WriteFailed`, exit code 4): the CSV part in progress keeps its complete rows (cut back to
+the last frame written whole), a CTC / OME-TIFF part in progress is dropped, finished parts stay. A track that
 spans two parts continues in the next one as a new track without a parent (CTC) and with the same ``track_id``
 (CSV, OME-TIFF). Memory stays constant: the tracker keeps only the live tracks, the CTC writer one part's track
 table.
@@ -57,7 +59,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.fsutil import atomic_path, atomic_write_text
+from edgeseg.fsutil import atomic_path, atomic_write_text, part_path, write_failed
 from edgeseg.measure import FIELDS, INT_FIELDS, measure, measure_region, replace_rows
 from edgeseg.track import Tracker
 
@@ -68,17 +70,6 @@ MAX_PARTS = 100  # parts an output writes before it stops
 MIN_FREE_BYTES = 1 << 30  # an output stops when its disk has less than this left
 CTC_MAX_LABEL = 65535
 CHECK_EVERY = 100  # frames between two looks at the free disk space (and at every new part)
-
-
-def part_path(path: Path, part: int) -> Path:
-    """Part 1 is ``path``; part N >= 2 has ``-NNN`` before the suffix (``.ome.tif`` kept whole)."""
-    if part == 1:
-        return path
-    name = path.name
-    for suffix in (".ome.tiff", ".ome.tif", *([path.suffix] if path.suffix else [])):
-        if name.lower().endswith(suffix):
-            return path.with_name(f"{name[: -len(suffix)]}-{part:03d}{name[-len(suffix):]}")
-    return path.with_name(f"{name}-{part:03d}")
 
 
 class OutputStopped(Exception):
@@ -132,6 +123,9 @@ class _CsvOutput(_Output):
         self._writer = csv.writer(self._file, lineterminator="\n")
         self._writer.writerow(self.fields)
         self._target, self._part_rows = target, 0
+        self._file.flush()
+        self._good = self._file.tell()
+        self._tmp = tmp
 
     def write(self, columns: list[list]) -> None:
         """``columns``: one list of values a field (None -> empty cell)."""
@@ -152,6 +146,7 @@ class _CsvOutput(_Output):
                 break
         if self._file is not None:
             self._file.flush()
+            self._good = self._file.tell()  # complete rows up to here
 
     def _finish(self) -> None:
         if self._file is None:
@@ -170,6 +165,22 @@ class _CsvOutput(_Output):
         if self._file is not None:
             self._file.close()
             ctx, self._ctx, self._file = self._ctx, None, None
+            ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+    def salvage(self) -> None:
+        """After a failed write: the part in progress, cut back to its last complete frame, under its name."""
+        if self._file is None:
+            return
+        with contextlib.suppress(OSError):
+            self._file.close()  # may try to flush the failed rows again
+        self._file = None
+        try:
+            os.truncate(self._tmp, self._good)
+            ctx, self._ctx = self._ctx, None
+            ctx.__exit__(None, None, None)
+            self.written.append(self._target)
+        except OSError:
+            ctx, self._ctx = self._ctx, None
             ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
 
@@ -408,11 +419,16 @@ class MeasureSink:
                     out.write(result.labels, m.columns["label"], track_ids, parents)
                 else:
                     out.write(_paint(result.labels, m.columns["label"], track_ids))
-            except (OutputStopped, OSError) as exc:
+            except OutputStopped as exc:
                 out.stopped = str(exc)
                 with contextlib.suppress(Exception):
                     out.close()
                 record.setdefault("outputs_stopped", {})[kind] = str(exc)
+            except OSError as exc:  # a full disk, an I/O error: the run stops (exit 4), what was complete stays
+                out.stopped = str(exc)
+                with contextlib.suppress(Exception):
+                    out.salvage() if kind == "csv" else out.abort()
+                raise write_failed(out.path, exc) from exc
         return record
 
     def _csv_fields(self, fields: tuple[str, ...]) -> tuple[str, ...]:
@@ -427,13 +443,22 @@ class MeasureSink:
         out: dict = {"frames": self.frames, "nuclei_rows": self.rows}
         if self.tracker is not None:
             out.update(tracks=self.tracks_started, divisions=self.divisions)
+        failed = None
         for kind, o in self._outputs.items():
             if not o.stopped:
-                o.close()
+                try:
+                    o.close()
+                except OSError as exc:  # the last part could not be finished: keep what was complete
+                    o.stopped = str(exc)
+                    with contextlib.suppress(Exception):
+                        o.salvage() if kind == "csv" else o.abort()
+                    failed = failed or write_failed(o.path, exc)
             out[kind] = [str(p) for p in o.written]
         stopped = {kind: o.stopped for kind, o in self._outputs.items() if o.stopped}
         if stopped:
             out["outputs_stopped"] = stopped
+        if failed is not None:
+            raise failed
         return out
 
     def abort(self) -> None:

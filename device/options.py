@@ -15,6 +15,14 @@ TILE_CHOICES = ("auto", "always", "never")
 CHANNEL_CHOICES = ("auto", "gray", "red", "green", "blue")
 BACKEND_CHOICES = ("auto", "onnxruntime", "openvino")
 OVERLAY_CHOICES = ("contours", "mask", "both")
+# Bounded output for endless runs (README, "Bounded output"): the recording is at most DEFAULT_MAX_RECORD_MB of
+# finished segments + the open one (a minute: about 70 MB at the worst ~1.1 MB/s seen), the log at most
+# DEFAULT_MAX_LOG_MB; together about 2.2 GB, however long the run: a week of camera service fits a 32 GB card.
+DEFAULT_SEGMENT_S = 60.0
+DEFAULT_MAX_RECORD_MB = 2048.0
+DEFAULT_MAX_LOG_MB = 64.0
+DEFAULT_MAX_PIXELS = 25_000_000  # a 5000x5000 frame: about 1.7 GB at the peak of a run with a recording
+BYTES_PER_PIXEL = 70  # the runtime's peak memory per frame pixel (frames in flight, tiles, labels, overlay)
 
 
 def _opt(default, help: str, *, flags: tuple[str, ...] | None = None, choices: tuple[str, ...] | None = None,
@@ -28,8 +36,9 @@ def _opt(default, help: str, *, flags: tuple[str, ...] | None = None, choices: t
 class RunOptions:
     """Everything ``edgeseg run`` takes (the names of its options; a bundle's ``run`` configuration uses them too)."""
 
-    model: str | None = _opt(None, "Zoo name or model file (.onnx, .xml; .pt with edgeseg[train]) "
-                                   "[fast_scnn-int8].")
+    model: str | None = _opt(None, "A network (fast_scnn: the file fastest on this CPU within its accuracy "
+                                   "tolerance, calibrated once and cached), a zoo file (fast_scnn-int8) or a model "
+                                   "file (.onnx, .xml; .pt with edgeseg[train]) [fast_scnn-int8].")
     source: str | None = _opt(None, "picam[:N][@WxH], cam:N, a video file, a multi-page TIFF, a folder of images, "
                                     "or synthetic[:WxH[:N]] [the shipped sample clip].")
     backend: str = _opt("auto", "auto: ONNX Runtime for .onnx, OpenVINO for .xml.", choices=BACKEND_CHOICES)
@@ -66,6 +75,20 @@ class RunOptions:
                                         "id) for Fiji / napari, e.g. labels.ome.tif.", path="file")
     um_per_px: float | None = _opt(None, "Pixel size in micrometres: adds micrometre columns to --csv and the "
                                          "physical size to --labels-out.", type=float, metavar="UM")
+    max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "Refuse frames larger than this many pixels, before reading them "
+                                               "(a run needs about 70 bytes of memory a pixel); 0: no limit.",
+                           type=int, metavar="N")
+    segment_s: float = _opt(DEFAULT_SEGMENT_S, "Cut the recording into files of this many seconds of video "
+                                               "(overlay.mp4, overlay-000002.mp4, ...): a crash loses at most "
+                                               "the open one [60].", type=float, metavar="S")
+    max_record_mb: float = _opt(DEFAULT_MAX_RECORD_MB, "Keep at most this many MB of finished recording "
+                                                       "segments: the oldest are deleted [2048].", type=float,
+                                metavar="MB")
+    max_log_mb: float = _opt(DEFAULT_MAX_LOG_MB, "Bound the log: at half of this run.jsonl becomes run.1.jsonl "
+                                                 "(replacing an older one) and a new run.jsonl starts [64].",
+                             type=float, metavar="MB")
+    log_every: int = _opt(1, "Write one frame line every N frames (the summary still counts every frame) [1].",
+                          type=int, metavar="N")
     sequential: bool = _opt(False, "Capture, segment and output one frame after another in one thread instead of "
                                    "overlapping them in three; --threads then defaults to all cores (overlapped: "
                                    "half of them, the other stages get the rest).", flags=("--sequential",))
@@ -99,3 +122,13 @@ def check_run_options(opts: RunOptions) -> None:
         raise EdgesegError(f"--max-frames {opts.max_frames} processes nothing", "give a positive number")
     if opts.fps is not None and not (math.isfinite(opts.fps) and opts.fps > 0):
         raise EdgesegError(f"--fps {opts.fps} is not a frame rate", "give a positive number")
+    for name in ("segment_s", "max_record_mb", "max_log_mb"):
+        value = getattr(opts, name)
+        if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            raise EdgesegError(f"--{name.replace('_', '-')} {value} is not a positive number",
+                               "give a positive number (a larger one for longer files)")
+    if not (isinstance(opts.log_every, int) and opts.log_every >= 1):
+        raise EdgesegError(f"--log-every {opts.log_every} logs no frame", "give 1 (every frame) or more")
+    if opts.max_pixels is not None and opts.max_pixels < 0:
+        raise EdgesegError(f"--max-pixels {opts.max_pixels} is not a pixel count",
+                           "give a positive number, or 0 for no limit")

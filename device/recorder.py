@@ -11,6 +11,16 @@ the encoder) drops the oldest waiting frame and counts it in :attr:`Recorder.dro
 file: every frame belongs in the video) makes ``write`` wait for room. ``threaded=False`` encodes in the
 caller's thread, as before.
 
+Segments (``segment_s``, ``edgeseg run --segment-s``): a recording is cut into files of that many seconds of
+video, each finished and renamed as soon as it is full, so a killed process or a pulled plug loses at most the open
+segment. Part 1 has the given name, part N >= 2 ``-NNNNNN`` before the suffix (``overlay.mp4``,
+``overlay-000002.mp4``...: :func:`edgeseg.fsutil.part_path`); a recording into a folder that already holds parts
+of that name continues their numbering. ``max_bytes`` (``--max-record-mb``) bounds the finished segments: past
+it the oldest are deleted (the newest is always kept), counting the parts found there at the start. A segment
+is checked before it gets its name (it opens and its first frame decodes): one that does not (OpenCV only logs a
+warning when a write fails, silenced here: a full disk shows at this check) is removed and
+:class:`edgeseg.fsutil.WriteFailed` is raised (exit code 4).
+
 Codecs: ``.mp4`` -> MPEG-4 part 2 (``mp4v``, in every OpenCV build; plays in VLC/ffmpeg, not in every browser),
 ``.avi`` -> Motion-JPEG (robust, larger), ``.mkv`` -> ``mp4v``.
 """
@@ -19,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -27,7 +38,9 @@ import cv2
 import numpy as np
 
 from edgeseg.errors import DataError
-from edgeseg.fsutil import atomic_path
+from edgeseg.fsutil import RESERVE_MB, WriteFailed, atomic_path, part_number, part_path
+
+from .codecs import quiet_opencv, video_fourcc
 
 FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 
@@ -35,6 +48,7 @@ FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi"
 PROBE_FRAMES = 20  # with fps=None, the rate is measured over this many frames before the file is opened
 FALLBACK_FPS = 10.0
 QUEUE_FRAMES = 2  # frames waiting for the encoder thread at most
+PART_DIGITS = 6  # overlay-000002.mp4: a minute a segment numbers two years
 
 
 class Recorder:
@@ -46,12 +60,13 @@ class Recorder:
     until it is encoded: do not modify a frame after writing it."""
 
     def __init__(self, path: str | os.PathLike, fps: float | None = None, *, threaded: bool = True,
-                 drop: bool = True, queue_frames: int = QUEUE_FRAMES):
+                 drop: bool = True, queue_frames: int = QUEUE_FRAMES, segment_s: float | None = None,
+                 max_bytes: int | None = None):
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix not in FOURCC:
             raise DataError(f"cannot record to {self.path.name}", f"use one of: {', '.join(sorted(FOURCC))}")
-        self.fourcc = FOURCC[suffix]
+        self.fourcc = video_fourcc(suffix)  # H.264 where this OpenCV has it (device/codecs.py)
         self.fps = float(fps) if fps and fps > 0 else None
         self.frames = 0  # frames handed to write()
         self.encoded = 0  # frames written to the file
@@ -69,6 +84,26 @@ class Recorder:
         self._closing = False
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self.segment_s = float(segment_s) if segment_s else None
+        self.max_bytes = int(max_bytes) if max_bytes else None
+        self.segments: collections.deque[tuple[Path, int]] = collections.deque(self._earlier_parts())
+        self.part = max((part_number(self.path, p.name) for p, _ in self.segments), default=0)
+        self.segments_dropped = 0  # finished segments deleted to stay under max_bytes
+        self._target: Path | None = None
+        self._segment_frames = 0  # frames in the open segment
+
+    def _earlier_parts(self) -> list[tuple[Path, int]]:
+        """Finished parts of this name already in the folder (an earlier run), oldest first, with their sizes."""
+        if not self.path.parent.is_dir():
+            return []
+        found = sorted((n, p) for p in self.path.parent.iterdir()
+                       if (n := part_number(self.path, p.name)) is not None and p.is_file())
+        return [(p, p.stat().st_size) for _, p in found]
+
+    @property
+    def last(self) -> Path | None:
+        """The newest finished segment."""
+        return self.segments[-1][0] if self.segments else None
 
     # ------------------------------------------------------------------ the caller's side
 
@@ -110,12 +145,9 @@ class Recorder:
         if self._pending:
             self._flush_pending()
         if self._writer is None:
-            return None
-        self._writer.release()
-        self._writer = None
-        ctx, self._ctx = self._ctx, None
-        ctx.__exit__(None, None, None)  # renames the temporary file onto the target
-        return self.path
+            return self.last if self.part and self._target is not None else None
+        self._finish_segment()
+        return self.last
 
     def abort(self) -> None:
         """Drop the recording: the temporary file is removed and the target is left as it was."""
@@ -169,8 +201,11 @@ class Recorder:
         self._write(bgr)
 
     def _open(self, w: int, h: int) -> None:
-        self._ctx = atomic_path(self.path)
+        self.part += 1
+        self._target = part_path(self.path, self.part, PART_DIGITS)
+        self._ctx = atomic_path(self._target)
         self._tmp = self._ctx.__enter__()
+        self._segment_frames = 0
         writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (w, h))
         if not writer.isOpened():
             self._discard()
@@ -195,8 +230,33 @@ class Recorder:
             self._open(w + w % 2, h + h % 2)  # encoders want even sizes
         if (w, h) != self.size:
             bgr = cv2.resize(bgr, self.size, interpolation=cv2.INTER_AREA)
-        self._writer.write(np.ascontiguousarray(bgr))
+        with quiet_opencv():  # a failed write is only a warning line of OpenCV's: it is found when the segment ends
+            self._writer.write(np.ascontiguousarray(bgr))
         self.encoded += 1
+        self._segment_frames += 1
+        if self.segment_s and self._segment_frames >= max(1, round(self.segment_s * self.fps)):
+            self._finish_segment()  # the next frame opens the next segment
+
+    def _finish_segment(self) -> None:
+        """Finish the open segment, check it plays, give it its name, drop the oldest past ``max_bytes``."""
+        with quiet_opencv():
+            self._writer.release()
+        self._writer = None
+        if not _plays(self._tmp):
+            target = self._target
+            self._discard()
+            full = shutil.disk_usage(target.parent).free < RESERVE_MB << 20
+            raise WriteFailed(f"{'disk full: ' if full else ''}the recording {target} could not be finished "
+                              f"(the file does not play)",
+                              "free space on that disk or give --out another one (finished segments are kept)",
+                              disk_full=full)
+        ctx, self._ctx = self._ctx, None
+        ctx.__exit__(None, None, None)  # renames the temporary file onto the target
+        self.segments.append((self._target, self._target.stat().st_size))
+        while self.max_bytes and len(self.segments) > 1 and sum(n for _, n in self.segments) > self.max_bytes:
+            oldest, _ = self.segments.popleft()
+            oldest.unlink(missing_ok=True)
+            self.segments_dropped += 1
 
     def _discard(self) -> None:
         self._pending = []
@@ -207,3 +267,13 @@ class Recorder:
             ctx, self._ctx = self._ctx, None
             err = RuntimeError("recording discarded")
             ctx.__exit__(RuntimeError, err, None)  # atomic_path removes the temporary file and swallows err
+
+
+def _plays(path: Path) -> bool:
+    """Whether a finished video file opens and its first frame decodes."""
+    with quiet_opencv():
+        cap = cv2.VideoCapture(str(path))
+        try:
+            return bool(cap.isOpened() and cap.read()[0])
+        finally:
+            cap.release()

@@ -22,6 +22,16 @@ Every line is one JSON object with a ``type``:
 Each line is written with one ``write`` and flushed to the OS at once, so a crash of the process loses
 nothing; a background thread ``fsync``s the file after each new line, so a pulled plug loses at most the
 lines written during the last ``fsync`` (about one frame), without making the loop wait for the disk.
+
+Bounded and failure-safe:
+
+- ``max_bytes`` (``edgeseg run --max-log-mb``): when the file reaches half of it, it is renamed ``run.1.jsonl``
+  (replacing an older one) and a new ``run.jsonl`` starts with the run's ``start`` line again (``"part": 2, 3...``),
+  so the two files hold at most ``max_bytes`` and the newest lines. The summary always goes to ``run.jsonl``.
+- A line that cannot be written (disk full, I/O error) is cut off again (the file is truncated back to its last
+  complete line) and :class:`edgeseg.fsutil.WriteFailed` is raised (exit code 4): the log always ends on a complete
+  line. Every :data:`CHECK_EVERY` lines the free space of its disk is looked at; below ``reserve_bytes`` the
+  write raises ``WriteFailed`` (disk full) before the disk is full, so that the summary line still fits.
 """
 
 from __future__ import annotations
@@ -29,15 +39,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
+from edgeseg.fsutil import RESERVE_MB, WriteFailed, write_failed
+
 STAGES = ("capture", "preprocess", "inference", "postprocess", "render", "output")
 FRAME_KEYS = ("type", "index", "timestamp", *(f"{s}_ms" for s in STAGES), "latency_ms", "queue_ms", "count",
               "dropped", "dropped_pipeline")
+CHECK_EVERY = 100  # lines between two looks at the free space of the log's disk
 SUMMARY_KEYS = ("type", "frames", "dropped", "dropped_pipeline", "fps", "latency_ms", "stages_ms", "queue_ms",
                 "model", "backend", "precision", "executed_precision", "threads")
 
@@ -149,28 +163,106 @@ def _r(x: float | None, nd: int = 3) -> float | None:
 
 
 class RunLog:
-    """An append-only JSONL file; ``path=None`` keeps nothing (the statistics still work)."""
+    """An append-only JSONL file; ``path=None`` keeps nothing (the statistics still work). ``max_bytes`` bounds
+    it with one rotation (None: unbounded), ``reserve_bytes`` is the free space it stops at (0: never looks)."""
 
-    def __init__(self, path: str | os.PathLike | None, sync: bool = True):
+    def __init__(self, path: str | os.PathLike | None, sync: bool = True, max_bytes: int | None = None,
+                 reserve_bytes: int = RESERVE_MB << 20):
         self.path = Path(path) if path is not None else None
-        self._f = None
+        self.max_bytes = int(max_bytes) if max_bytes else None
+        self.reserve_bytes = int(reserve_bytes)
+        self.part = 1
+        self._fd: int | None = None
+        self._size = 0  # bytes of complete lines in the file
+        self._lines = 0
+        self._failed: WriteFailed | None = None  # the file could not be reopened after a rotation
+        self._start: dict | None = None
         self._lock = threading.Lock()  # events may come from a camera's capture thread
+        self._sync = sync
         self._syncer = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "w", encoding="utf-8")  # one run per file; open for the whole run
-            if sync:
-                self._syncer = _Syncer(self._f.fileno())
+            self._open()  # one run per file; open for the whole run
+
+    @property
+    def rotated_path(self) -> Path | None:
+        """Where the older lines go: ``run.1.jsonl`` beside ``run.jsonl``."""
+        return None if self.path is None else self.path.with_name(f"{self.path.stem}.1{self.path.suffix}")
+
+    def _open(self) -> None:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        self._size = 0
+        if self._sync:
+            self._syncer = _Syncer(self._fd)
+
+    def _close_file(self) -> None:
+        if self._syncer is not None:
+            self._syncer.stop()
+            self._syncer = None
+        fd, self._fd = self._fd, None
+        try:
+            os.fsync(fd)
+        except OSError:  # what could be written is written; a failing disk does not stop the close
+            pass
+        finally:
+            os.close(fd)
 
     def write(self, record: dict) -> None:
-        line = json.dumps(record, separators=(",", ":"), allow_nan=False, default=_jsonable) + "\n"
+        line = (json.dumps(record, separators=(",", ":"), allow_nan=False, default=_jsonable) + "\n").encode()
         with self._lock:
-            if self._f is None:
+            if self._fd is None:
+                if self._failed is not None:
+                    raise self._failed
                 return
-            self._f.write(line)
-            self._f.flush()
+            summary = record.get("type") == "summary"
+            if record.get("type") == "start" and self._start is None:
+                self._start = dict(record)
+            elif self.max_bytes and not summary and self._size + len(line) > self.max_bytes // 2:
+                self._rotate()
+            self._lines += 1
+            if not summary and self.reserve_bytes and self._lines % CHECK_EVERY == 0:
+                self._check_room()
+            self._append(line)
             if self._syncer is not None:
                 self._syncer.poke()
+
+    def _append(self, line: bytes) -> None:
+        """Write one whole line, or none of it (the file is cut back to its last complete line)."""
+        view = memoryview(line)
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, self._size)
+                os.lseek(self._fd, self._size, os.SEEK_SET)
+            except OSError:
+                pass
+            raise write_failed(self.path, exc) from exc
+        self._size += len(line)
+
+    def _rotate(self) -> None:
+        self._close_file()
+        try:
+            os.replace(self.path, self.rotated_path)
+            self._open()
+        except OSError as exc:
+            self._failed = write_failed(self.path, exc)
+            raise self._failed from exc
+        self.part += 1
+        if self._start is not None:
+            self._append((json.dumps({**self._start, "part": self.part, "continues": self.rotated_path.name},
+                                     separators=(",", ":"), default=_jsonable) + "\n").encode())
+
+    def _check_room(self) -> None:
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError:
+            return
+        if free < self.reserve_bytes:
+            raise WriteFailed(f"disk full: less than {self.reserve_bytes >> 20} MB left on the disk of {self.path}",
+                              "free space on that disk or give --out another one (what was complete is kept)",
+                              disk_full=True)
 
     def event(self, event: str, **fields) -> dict:
         rec = {"type": "event", "event": event, "time": round(time.time(), 6), **fields}
@@ -179,14 +271,9 @@ class RunLog:
 
     def close(self) -> None:
         with self._lock:
-            if self._f is None:
+            if self._fd is None:
                 return
-            if self._syncer is not None:
-                self._syncer.stop()
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            self._f.close()
-            self._f = None
+            self._close_file()
 
     def __enter__(self) -> RunLog:
         return self
