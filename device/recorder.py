@@ -40,10 +40,7 @@ import numpy as np
 from edgeseg.errors import DataError
 from edgeseg.fsutil import RESERVE_MB, WriteFailed, atomic_path, part_number, part_path
 
-from .codecs import quiet_opencv, video_fourcc
-
-FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
-
+from .codecs import FALLBACK, quiet_opencv, video_fourcc
 
 PROBE_FRAMES = 20  # with fps=None, the rate is measured over this many frames before the file is opened
 FALLBACK_FPS = 10.0
@@ -64,8 +61,8 @@ class Recorder:
                  max_bytes: int | None = None):
         self.path = Path(path)
         suffix = self.path.suffix.lower()
-        if suffix not in FOURCC:
-            raise DataError(f"cannot record to {self.path.name}", f"use one of: {', '.join(sorted(FOURCC))}")
+        if suffix not in FALLBACK:
+            raise DataError(f"cannot record to {self.path.name}", f"use one of: {', '.join(sorted(FALLBACK))}")
         self.fourcc = video_fourcc(suffix)  # H.264 where this OpenCV has it (device/codecs.py)
         self.fps = float(fps) if fps and fps > 0 else None
         self.frames = 0  # frames handed to write()
@@ -206,12 +203,13 @@ class Recorder:
         self._ctx = atomic_path(self._target)
         self._tmp = self._ctx.__enter__()
         self._segment_frames = 0
-        writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (w, h))
+        with quiet_opencv():  # its own [ERROR] lines: the one-line error below says it
+            writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (w, h))
         if not writer.isOpened():
             self._discard()
-            raise DataError(
-                f"OpenCV cannot write {self.fourcc} video to {self.path}",
-                "record to an .avi file instead (Motion-JPEG), or check the folder is writable",
+            raise WriteFailed(  # in a run: the recording cannot go on, the run stops with exit 4
+                f"OpenCV cannot write {self.fourcc} video of {w}x{h} frames to {self.path}",
+                "record to an .avi file instead (Motion-JPEG), use --no-record, or check the folder is writable",
             )
         self._writer, self.size = writer, (w, h)
 

@@ -180,9 +180,28 @@ class RunLog:
         self._lock = threading.Lock()  # events may come from a camera's capture thread
         self._sync = sync
         self._syncer = None
+        self.previous: Path | None = None  # where the log a run before this one left here went
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._keep_previous()
             self._open()  # one run per file; open for the whole run
+
+    @property
+    def previous_path(self) -> Path | None:
+        """Where the log of the run before goes when a run starts on the same path: ``run.previous.jsonl``."""
+        return None if self.path is None else self.path.with_name(f"{self.path.stem}.previous{self.path.suffix}")
+
+    def _keep_previous(self) -> None:
+        """A service restarted into the same folder (after a power cut, or a clean stop) keeps the log of the run
+        before it as ``run.previous.jsonl`` (one generation: the output stays bounded) instead of truncating it."""
+        try:
+            if self.path.stat().st_size > 0:
+                os.replace(self.path, self.previous_path)
+                self.previous = self.previous_path
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise write_failed(self.path, exc) from exc
 
     @property
     def rotated_path(self) -> Path | None:
@@ -208,6 +227,9 @@ class RunLog:
             os.close(fd)
 
     def write(self, record: dict) -> None:
+        first_start = record.get("type") == "start" and self._start is None
+        if first_start and self.previous is not None:
+            record = {**record, "previous_log": self.previous.name}
         line = (json.dumps(record, separators=(",", ":"), allow_nan=False, default=_jsonable) + "\n").encode()
         with self._lock:
             if self._fd is None:
@@ -215,7 +237,7 @@ class RunLog:
                     raise self._failed
                 return
             summary = record.get("type") == "summary"
-            if record.get("type") == "start" and self._start is None:
+            if first_start:
                 self._start = dict(record)
             elif self.max_bytes and not summary and self._size + len(line) > self.max_bytes // 2:
                 self._rotate()

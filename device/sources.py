@@ -573,7 +573,8 @@ def read_frame_file(path: Path, max_pixels: int | None) -> np.ndarray:
     size = image_size(path)
     if size is not None:
         check_frame_size(*size, f"the image {path.name}", max_pixels)
-    return read_image(path)
+    with _quiet_opencv():  # a broken file: the caller's one line says why, not OpenCV's own [ERROR] lines
+        return read_image(path)
 
 
 def image_size(path: str | Path) -> tuple[int, int] | None:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import sys
 from pathlib import Path
 
 import cv2
@@ -10,6 +12,18 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "edge" / "samples" / "dsb2018_sample"
 SHARED = REPO.parent / "shared"
+
+
+def _load_benchmark_module(name: str):
+    """``import NAME`` for a module of benchmarks/ that the tests share (its builders exist there once)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_load_benchmark_module("fault_inputs")  # tests/test_faults_inputs.py: from fault_inputs import png_claiming, ...
 
 
 @pytest.fixture(autouse=True)
