@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean pi-wheels browser
+.PHONY: demo test lint venv clean pi-wheels browser wheel wheel-check pi-smoke
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,25 @@ lint: $(STAMP)
 # Raspberry Pi OS Bookworm (Python 3.11, aarch64): the base install resolves from binary wheels only (needs the index)
 pi-wheels: $(STAMP)
 	PY=$(BIN)/python bash .ci/check_pi_wheels.sh aarch64 x86_64
+
+# The wheels a user installs without a package index, built from this tree: dist/edgeseg-VERSION-py3-none-any.whl
+# (the torch-free runtime) and dist/edgeseg_checkpoints-VERSION-py3-none-any.whl (the zoo's PyTorch checkpoints, data
+# only, which the [train] and [export] extras require): pip install --find-links dist 'dist/edgeseg-*.whl[train]'
+wheel: $(STAMP)
+	$(BIN)/python packaging/wheels.py dist
+
+# A fresh, non-editable install as a user makes it, in a new venv under /tmp (none of ours): the CPU build of torch,
+# then the wheels of `make wheel` with [train,export]; it trains 1 epoch on the shipped sample, exports to ONNX and
+# evaluates that file, then exports and evaluates a zoo checkpoint. Needs the package index (torch's CPU index and PyPI); not part of `make test`.
+wheel-check: wheel
+	bash packaging/wheel_check.sh
+
+# A Raspberry Pi in the loop, emulated (not part of `make test`; as root, 20-40 min): Debian Bookworm arm64 built
+# with debootstrap into .pi-smoke/ (kept), the wheel installed there, `edgeseg run` with every shipped model file on
+# both backends as a Pi 4 (cortex-a72) and a Pi 5 (cortex-a76) under QEMU; writes benchmarks/results/pi_smoke.md.
+# Needs: apt-get install debootstrap qemu-user-static
+pi-smoke: wheel
+	$(BIN)/python benchmarks/pi_smoke.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

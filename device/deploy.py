@@ -4,14 +4,19 @@ Everything goes through the system's own ``ssh`` and ``scp`` (keys, agents, ``~/
 work as they do for the user). The deployment is a plan of plain commands, printed by ``--dry-run``:
 
 1. check the device's Python (>= 3.10 with ``venv``) and create the remote folder;
-2. ``scp`` the bundle (and a wheel, with ``--wheel``) into it;
+2. ``scp`` the bundle and the edgeseg wheel into it;
 3. create a venv there (``--system-site-packages`` by default, so Raspberry Pi OS's ``python3-picamera2`` is
-   visible) and ``pip install`` edgeseg - the version the bundle was made with, or the given wheel;
+   visible) and ``pip install`` the wheel (its dependencies come from the device's package index);
 4. ``edgeseg install-bundle`` on the device: verifies every checksum, extracts safely; with ``--service`` it
    also writes the systemd unit with the device's absolute paths;
 5. with ``--service``: install the unit into /etc/systemd/system, enable it at boot, (re)start it and check it.
 
 The unit runs ``edgeseg run --bundle DIR --no-display`` headless as the ssh user and restarts it on failure.
+
+edgeseg is not on a package index, so the device cannot find ``edgeseg==VERSION`` there: the wheel goes along by
+default - ``--wheel FILE``, else ``dist/edgeseg-VERSION-py3-none-any.whl`` (in the working folder or the source
+checkout edgeseg runs from), else one built now from that checkout (``make wheel``'s ``packaging/wheels.py``).
+``--no-wheel`` installs ``edgeseg==VERSION`` from the device's index instead (a private index: ``--pip-args``).
 """
 
 from __future__ import annotations
@@ -202,7 +207,7 @@ def deploy_plan(o: DeployOptions) -> list[Step]:
         if not re.fullmatch(r"[0-9]+(\.[0-9]+)*((a|b|rc)[0-9]+)?(\.post[0-9]+)?", o.version):
             raise DeployError(
                 f"the bundle was made with edgeseg {o.version}, which is not a release pip can install",
-                "build a wheel (pip wheel --no-deps -w dist .) and pass --wheel dist/edgeseg-*.whl",
+                "build a wheel (make wheel) and drop --no-wheel, or pass --wheel dist/edgeseg-*.whl",
             )
         install = pip(f"edgeseg=={o.version}")
         what = f"edgeseg=={o.version}"
@@ -296,6 +301,58 @@ def run_plan(
             raise DeployError(f"step {i} ({s.description}) failed with exit code {proc.returncode}", s.fix)
 
 
+def wheel_file_name(version: str) -> str:
+    return f"edgeseg-{version}-py3-none-any.whl"
+
+
+def source_checkout() -> Path | None:
+    """The source tree this edgeseg runs from (an editable install: it can build a wheel), None for an installed
+    wheel."""
+    import edgeseg
+
+    root = Path(edgeseg.__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() and (root / "packaging" / "wheels.py").is_file() else None
+
+
+def find_wheel(version: str) -> Path | None:
+    """``dist/edgeseg-VERSION-py3-none-any.whl`` in the working folder or in the source checkout, if there is one."""
+    checkout = source_checkout()
+    for folder in [Path.cwd() / "dist", *([checkout / "dist"] if checkout else [])]:
+        if (folder / wheel_file_name(version)).is_file():
+            return folder / wheel_file_name(version)
+    return None
+
+
+def build_wheel(out: Path, progress: Progress | None = print) -> Path:
+    """The edgeseg wheel built now from the source checkout into ``out`` (what ``make wheel`` builds)."""
+    checkout = source_checkout()
+    if checkout is None:
+        raise DeployError("no edgeseg wheel to send to the device (this edgeseg is installed, not a checkout)",
+                          "pass --wheel edgeseg-VERSION-py3-none-any.whl (`make wheel` in a checkout builds it), or "
+                          "--no-wheel with a package index that has edgeseg (--pip-args '--index-url URL')")
+    reporter(progress)(f"building the edgeseg wheel from {checkout}")
+    proc = subprocess.run([sys.executable, str(checkout / "packaging" / "wheels.py"), str(out), "--runtime-only"],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    wheels = sorted(out.glob("edgeseg-*-py3-none-any.whl"))
+    if proc.returncode != 0 or len(wheels) != 1:
+        last = (proc.stderr.strip().splitlines() or ["no wheel written"])[-1]
+        raise DeployError(f"building the edgeseg wheel failed ({last[:160]})", "run `make wheel` and pass --wheel")
+    return wheels[0]
+
+
+def wheel_to_send(version: str, tmp: Path, *, build: bool, progress: Progress | None = print) -> Path:
+    """The wheel that goes to the device: ``dist/`` (:func:`find_wheel`), else one built now into ``tmp`` (with
+    ``build``; without it, a dry run: the name the built wheel will have)."""
+    found = find_wheel(version)
+    if found is not None:
+        return found
+    if not build:
+        reporter(progress)("note: no dist/" + wheel_file_name(version) + "; `edgeseg deploy` builds it from the "
+                           "checkout (or run `make wheel`)")
+        return tmp / wheel_file_name(version)
+    return build_wheel(tmp, progress)
+
+
 def wheel_version_note(wheel: Path, bundle_version: str) -> str | None:
     """A warning when ``wheel`` is another edgeseg version than the one that made the bundle."""
     version = _wheel_version(wheel)
@@ -305,10 +362,11 @@ def wheel_version_note(wheel: Path, bundle_version: str) -> str | None:
 
 
 def deploy(host: str, *, bundle: str | Path | None, models: str, target: str, dry_run: bool = False,
-           progress: Progress | None = print, **options) -> str:
+           no_wheel: bool = False, progress: Progress | None = print, **options) -> str:
     """``edgeseg deploy``: the bundle (made now from ``models`` for ``target`` when none is given), checked, sent
-    and installed over ssh (``options``: the :class:`DeployOptions` fields). Returns the closing line, or the
-    plan's text with ``dry_run``."""
+    and installed over ssh with the edgeseg wheel (``options["wheel"]``, else :func:`wheel_to_send`; ``no_wheel``:
+    pip installs edgeseg==VERSION from the device's index). ``options``: the :class:`DeployOptions` fields.
+    Returns the closing line, or the plan's text with ``dry_run``."""
     import tempfile
 
     from .bundle import check_bundle, make_bundle
@@ -320,6 +378,10 @@ def deploy(host: str, *, bundle: str | Path | None, models: str, target: str, dr
                 reporter(progress)(f"note: {note}")
         manifest = check_bundle(bundle)
         version = manifest["edgeseg_version"]
+        if no_wheel and options.get("wheel"):
+            raise DeployError("--wheel and --no-wheel together", "drop one of them")
+        if not no_wheel and not options.get("wheel"):
+            options["wheel"] = wheel_to_send(version, Path(tmp), build=not dry_run, progress=progress)
         note = wheel_version_note(options["wheel"], version) if options.get("wheel") else None
         if note:
             reporter(progress)(f"warning: {note}")

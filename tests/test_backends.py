@@ -127,3 +127,102 @@ def test_options_a_backend_does_not_take_are_refused(tmp_path):
     with pytest.raises(ModelError, match="the onnxruntime backend has no option tta"):
         open_backend(path, "onnxruntime", tta=True)
     assert open_backend(path, "onnxruntime", tta=False).name == "onnxruntime"  # an option left off is fine
+
+
+# ------------------------------------------------------------------ OpenVINO that cannot run a file on this CPU
+# (seen on an emulated Raspberry Pi 4, Cortex-A72: every INT8 ONNX file compiles, then the first inference raises or
+# returns an empty batch, and one OpenVINO IR does not compile; benchmarks/results/pi_smoke.md)
+
+
+def _openvino_returns_an_empty_batch(monkeypatch):
+    from edgeseg.backends.openvino_backend import OpenVinoBackend
+
+    real = OpenVinoBackend._run
+    monkeypatch.setattr(OpenVinoBackend, "_run", lambda self, x: real(self, x)[:0])
+
+
+def _openvino_cannot_compile(monkeypatch):
+    import openvino as ov
+
+    real = ov.Core
+
+    class CoreThatCannotCompile:
+        def __init__(self):
+            self.core = real()
+
+        def read_model(self, path):
+            return self.core.read_model(path)
+
+        def compile_model(self, *args, **kwargs):
+            raise RuntimeError("Exception from src/inference/src/cpp/core.cpp:117:\nmore lines")
+
+    monkeypatch.setattr(ov, "Core", CoreThatCannotCompile)
+
+
+def _openvino_ir_beside(onnx_path):
+    """The OpenVINO IR of ``onnx_path`` beside it (``m-ov.xml`` + .bin) with its card, as `edgeseg export` leaves."""
+    import openvino as ov
+
+    from edgeseg.card import read_card, write_card
+
+    xml = onnx_path.with_name(onnx_path.stem + "-ov.xml")
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml))
+    write_card(xml, {**read_card(onnx_path).to_dict(), "name": xml.stem, "format": "openvino"})
+    return xml
+
+
+def test_openvino_failing_at_its_first_inference_falls_back_to_onnxruntime_and_says_so(tmp_path, monkeypatch, capsys):
+    path = write_threshold_onnx(tmp_path / "m.onnx")
+    _openvino_returns_an_empty_batch(monkeypatch)
+    be = open_backend(path, "openvino", threads=1, inference_precision="fp32")
+    assert be.name == "onnxruntime" and be.path == path
+    assert be.info()["fallback_from"] == "openvino"
+    reason = "OpenVINO returns (0, 1, 256, 256) instead of (1, 1, 256, 256) for m.onnx on this CPU"
+    assert be.info()["fallback_reason"] == reason
+    assert be(preprocess(_frame()))[0, 0, 120, 90] > 0.99  # it runs, and right
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"note: {be.info()['fallback_reason']}: running it with onnxruntime instead"]
+
+
+def test_an_openvino_ir_that_does_not_compile_runs_its_onnx_twin_with_onnxruntime(tmp_path, monkeypatch, capsys):
+    onnx_path = write_threshold_onnx(tmp_path / "m.onnx", card={"source": {"name": "net"}})  # exported from net
+    xml = _openvino_ir_beside(onnx_path)
+    _openvino_cannot_compile(monkeypatch)
+    be = open_backend(xml, "auto", threads=1)
+    assert (be.name, be.path, be.card.name) == ("onnxruntime", onnx_path, "m")
+    reason = f"OpenVINO cannot compile {xml} (more lines)"  # the reason, not where OpenVINO raised it
+    assert be.info()["fallback_reason"] == reason
+    assert capsys.readouterr().err.splitlines() == [f"note: {reason}: running m.onnx with onnxruntime instead"]
+
+
+def test_without_an_onnx_twin_an_openvino_failure_stays_one_line(tmp_path, monkeypatch):
+    xml = _openvino_ir_beside(write_threshold_onnx(tmp_path / "m.onnx", card={"source": {"name": "net"}}))
+    (tmp_path / "m.onnx").unlink()
+    _openvino_returns_an_empty_batch(monkeypatch)
+    with pytest.raises(ModelError) as err:
+        open_backend(xml, threads=1)
+    assert str(err.value) == ("OpenVINO returns (0, 1, 256, 256) instead of (1, 1, 256, 256) for m-ov.xml on this "
+                              "CPU: run it with --backend onnxruntime")
+
+
+def test_a_caller_that_measures_openvino_itself_gets_the_error_not_a_fallback(tmp_path, monkeypatch):
+    path = write_threshold_onnx(tmp_path / "m.onnx")
+    _openvino_returns_an_empty_batch(monkeypatch)
+    with pytest.raises(ModelError, match="OpenVINO returns"):
+        open_backend(path, "openvino", threads=1, fallback=False)
+
+
+def test_a_run_whose_openvino_fails_logs_the_backend_that_ran(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from edgeseg.cli import main
+
+    path = write_threshold_onnx(tmp_path / "m.onnx")
+    _openvino_returns_an_empty_batch(monkeypatch)
+    log = tmp_path / "run.jsonl"
+    res = CliRunner().invoke(main, ["run", "--model", str(path), "--backend", "openvino", "--max-frames", "2",
+                                    "--no-display", "--no-record", "--threads", "1", "--log", str(log)])
+    assert res.exit_code == 0, res.output
+    assert "Traceback" not in res.output and res.stderr.count("running it with onnxruntime instead") == 1
+    start = json.loads(log.read_text().splitlines()[0])
+    assert (start["type"], start["backend"], start["fallback_from"]) == ("start", "onnxruntime", "openvino")

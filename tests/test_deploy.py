@@ -45,7 +45,7 @@ SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exist
 @pytest.fixture(scope="module")
 def bundle_file(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("deploy") / "pi.tar.gz"
-    make_bundle(["half_unet"], out, target="arm", run={"source": "picam"})
+    make_bundle(["half_unet-fp32"], out, target="arm", run={"source": "picam"})
     return out
 
 
@@ -217,14 +217,62 @@ def test_run_plan_stops_at_the_first_failing_step_with_its_fix(tmp_path):
 
 def test_cli_dry_run_prints_every_command_and_runs_none(bundle_file, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no ssh, no scp: a dry run must not need them
+    monkeypatch.chdir(tmp_path)
+    wheel = tmp_path / "dist" / f"edgeseg-{__version__}-py3-none-any.whl"  # what `make wheel` leaves
+    wheel.parent.mkdir()
+    wheel.write_bytes(b"PK")
     res = CliRunner().invoke(
         main, ["deploy", "pi@raspberrypi.local", "--bundle", str(bundle_file), "--service", "--dry-run"]
     )
     assert res.exit_code == 0, res.output
-    o = DeployOptions(host="pi@raspberrypi.local", bundle=bundle_file, version=__version__, service=True)
-    for s in deploy_plan(o):
+    # edgeseg is on no package index: the wheel goes along by default, and pip installs that file
+    o = DeployOptions(host="pi@raspberrypi.local", bundle=bundle_file, version=__version__, service=True, wheel=wheel)
+    steps = deploy_plan(o)
+    for s in steps:
         assert s.shell() in res.stdout
+    assert steps[1].argv[-3:-1] == [str(bundle_file), str(wheel)]
+    assert f"pip install edgeseg/{wheel.name}" in steps[2].argv[-1] and "edgeseg==" not in res.stdout
     assert "[1/" not in res.stdout and "User=pi" in res.stdout and "Restart=on-failure" in res.stdout
+
+
+def test_cli_dry_run_with_no_wheel_installs_the_version_from_the_index(bundle_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    res = CliRunner().invoke(main, ["deploy", "pi@raspberrypi.local", "--bundle", str(bundle_file), "--no-wheel",
+                                    "--dry-run"])
+    assert res.exit_code == 0, res.output
+    for s in deploy_plan(DeployOptions(host="pi@raspberrypi.local", bundle=bundle_file, version=__version__)):
+        assert s.shell() in res.stdout
+    assert f"pip install edgeseg=={__version__}" in res.stdout and ".whl" not in res.stdout
+
+
+def test_without_a_built_wheel_a_checkout_builds_one_and_an_installed_edgeseg_says_how(tmp_path, monkeypatch):
+    from edgeseg.device import deploy as deploy_mod
+
+    monkeypatch.chdir(tmp_path)  # no dist/ here
+    monkeypatch.setattr(deploy_mod, "source_checkout", lambda: None)  # edgeseg installed from a wheel
+    seen = []
+    # a dry run names the wheel it would build; a real deploy needs a wheel, and says how to get one in one line
+    dry = deploy_mod.wheel_to_send("0.1.0", tmp_path, build=False, progress=seen.append)
+    assert dry == tmp_path / "edgeseg-0.1.0-py3-none-any.whl" and "make wheel" in seen[0]
+    with pytest.raises(DeployError) as err:
+        deploy_mod.wheel_to_send("0.1.0", tmp_path, build=True)
+    assert "pass --wheel" in str(err.value) and "--no-wheel" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_wheel_and_no_wheel_together_is_one_line(bundle_file, tmp_path):
+    wheel = tmp_path / f"edgeseg-{__version__}-py3-none-any.whl"
+    wheel.write_bytes(b"PK")
+    res = CliRunner().invoke(main, ["deploy", "pi@h", "--bundle", str(bundle_file), "--wheel", str(wheel),
+                                    "--no-wheel", "--dry-run"])
+    assert res.exit_code == 2 and res.stderr.strip() == "error: --wheel and --no-wheel together: drop one of them"
+
+
+def test_a_checkout_finds_its_dist_wheel():
+    from edgeseg.device.deploy import find_wheel, source_checkout
+
+    assert source_checkout() == REPO  # the tests run from the checkout (editable install)
+    found = find_wheel(__version__)
+    assert found is None or found.name == f"edgeseg-{__version__}-py3-none-any.whl"
 
 
 def test_cli_deploy_refuses_a_tampered_bundle_before_connecting(bundle_file, tmp_path):
@@ -350,7 +398,7 @@ def test_deploy_to_a_real_sshd_installs_the_bundle_in_a_venv(sshd, wheel, bundle
     # what landed on the "device": the archive, the wheel, the venv with edgeseg from the wheel, the bundle
     assert (device / bundle_file.name).read_bytes() == bundle_file.read_bytes()
     man = json.loads((device / "bundle" / "manifest.json").read_text())
-    assert man["models"][0]["name"] == "half_unet" and man["run"]["source"] == "picam"
+    assert man["models"][0]["name"] == "half_unet-fp32" and man["run"]["source"] == "picam"
     assert sorted(os.listdir(device / "bundle")) == ["manifest.json", "models"]
     where = subprocess.run(
         [str(device / "venv" / "bin" / "python"), "-c", "import edgeseg; print(edgeseg.__file__, edgeseg.__version__)"],
@@ -361,9 +409,9 @@ def test_deploy_to_a_real_sshd_installs_the_bundle_in_a_venv(sshd, wheel, bundle
     check = ["ssh", *sshd["opts"], sshd["host"], f"{device}/venv/bin/edgeseg install-bundle {device}/bundle --check"]
     ok = subprocess.run(check, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and "verified, 1 model(s)" in ok.stdout, ok.stderr
-    model = device / "bundle" / "models" / "half_unet.pt"
+    model = device / "bundle" / "models" / "half_unet-fp32.onnx"
     data = bytearray(model.read_bytes())
     data[100] ^= 1
     model.write_bytes(bytes(data))
     bad = subprocess.run(check, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "half_unet.pt does not match its sha256" in bad.stderr
+    assert bad.returncode == 2 and "half_unet-fp32.onnx does not match its sha256" in bad.stderr

@@ -1,5 +1,7 @@
-"""The wheel a user installs, built offline from this tree: every module at its mapped path, the package data, nothing
-else (no tests, no benchmarks), and a build without setuptools deprecation warnings."""
+"""The wheels a user installs, built offline from this tree: every module at its mapped path, the package data, nothing
+else (no tests, no benchmarks, no PyTorch checkpoint), and a build without setuptools deprecation warnings; the
+zoo's checkpoints in their own data-only wheel (edgeseg-checkpoints), which the torch extras require and the zoo
+reads once it is installed."""
 
 from __future__ import annotations
 
@@ -13,15 +15,20 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from edgeseg import __version__
+
 REPO = Path(__file__).resolve().parents[1]
 # pyproject.toml's [tool.setuptools] package-dir: source folder -> path in the wheel
 MAPPING = {"edge": "edgeseg", "train": "edgeseg/train", "export": "edgeseg/export", "device": "edgeseg/device"}
 # its [tool.setuptools.package-data], as (source folder, glob); "**" reaches every depth
 PACKAGE_DATA = [("edge", "zoo/*"), ("edge", "samples/**/*"), ("edge", "splits/*"), ("device", "static/*")]
 DATA_DIRS = ["edgeseg/zoo", "edgeseg/samples", "edgeseg/splits", "edgeseg/device/static"]
+# the zoo's PyTorch checkpoints and their cards: in the edgeseg-checkpoints wheel, not in the runtime one
+CHECKPOINTS = sorted(p.name for p in (REPO / "edge" / "zoo").glob("*.pt"))
+CHECKPOINT_FILES = sorted(CHECKPOINTS + [n.removesuffix(".pt") + ".card.json" for n in CHECKPOINTS])
 # what never goes into the wheel (the copy of the tree leaves out what a fresh checkout does not have)
 SKIP = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.pyc", ".pytest_cache",
-                              ".ruff_cache", ".cache", "edgeseg-runs", "runs", "out", ".whl", ".gpu")
+                              ".ruff_cache", ".cache", "edgeseg-runs", "runs", "out", ".whl", ".gpu", ".pi-smoke")
 
 
 def _source_files(folder: Path):
@@ -78,6 +85,7 @@ def test_package_data_is_in_the_wheel_and_data_folders_are_not_packages(built):
     _, names, _, src = built
     expected = {f"{MAPPING[folder]}/{p.relative_to(src / folder).as_posix()}"
                 for folder, pattern in PACKAGE_DATA for p in (src / folder).glob(pattern) if p.is_file()}
+    expected -= {f"edgeseg/zoo/{n}" for n in CHECKPOINT_FILES}
     got = set(names)
     assert expected - got == set(), f"package data missing from the wheel: {sorted(expected - got)}"
     # the data the runtime and the tests rely on, by name
@@ -100,6 +108,81 @@ def test_nothing_else_sneaks_into_the_wheel(built):
                for folder, prefix in MAPPING.items() for p in _source_files(src / folder)}
     stray = [n for n in names if not n.startswith("edgeseg-0.1.0.dist-info/") and n not in sources]
     assert not stray, f"files in the wheel that are not in the mapped folders: {stray}"
+
+
+def test_the_runtime_wheel_carries_no_pytorch_checkpoint_nor_its_card(built):
+    _, names, _, _ = built
+    assert len(CHECKPOINTS) >= 4  # fast_scnn, fast_scnn_he, half_unet, mobilenetv2_unet
+    assert not [n for n in names if n.endswith(".pt")]
+    zoo = {n.removeprefix("edgeseg/zoo/") for n in names if n.startswith("edgeseg/zoo/")}
+    assert not zoo & set(CHECKPOINT_FILES)
+    assert "fast_scnn-int8.card.json" in zoo and "half_unet-int8-arm.onnx" in zoo  # the exported files stay
+
+
+def test_pyproject_leaves_out_exactly_the_checkpoints_of_the_zoo():
+    text = (REPO / "pyproject.toml").read_text()
+    block = text.split("[tool.setuptools.exclude-package-data]", 1)[1].split("\n[", 1)[0]
+    excluded = set(re.findall(r'"zoo/([^"]+)"', block))
+    cards = {n for n in CHECKPOINT_FILES if n.endswith(".card.json")}
+    assert excluded == {"*.pt"} | cards, "one line per network's checkpoint card (a new network: add its card)"
+
+
+def test_the_torch_extras_require_the_checkpoints_wheel_of_the_same_version_and_dev_does_not(built):
+    wheel, _, _, _ = built
+    with zipfile.ZipFile(wheel) as zf:
+        meta = zf.read("edgeseg-0.1.0.dist-info/METADATA").decode().splitlines()
+    requires = [x.removeprefix("Requires-Dist: ") for x in meta if x.startswith("Requires-Dist:")]
+    for extra in ("train", "export"):
+        assert f'edgeseg-checkpoints=={__version__}; extra == "{extra}"' in requires
+    dev = [r for r in requires if r.endswith('extra == "dev"')]
+    assert 'edgeseg[export-libs,train-libs]; extra == "dev"' in dev  # the libraries only: `pip install -e '.[dev]'`
+    assert not [r for r in dev if "checkpoints" in r]  # needs no dist/ (a source checkout has them in edge/zoo)
+
+
+@pytest.fixture(scope="module")
+def checkpoints_wheel(tmp_path_factory):
+    sys.path.insert(0, str(REPO / "packaging"))
+    try:
+        import wheels
+    finally:
+        sys.path.remove(str(REPO / "packaging"))
+    return wheels.build_checkpoints(tmp_path_factory.mktemp("checkpoints"))
+
+
+def test_the_checkpoints_wheel_holds_every_checkpoint_with_its_card_and_nothing_else(checkpoints_wheel):
+    assert checkpoints_wheel.name == f"edgeseg_checkpoints-{__version__}-py3-none-any.whl"
+    with zipfile.ZipFile(checkpoints_wheel) as zf:
+        names = [n for n in zf.namelist() if not n.endswith("/")]
+        meta = zf.read(f"edgeseg_checkpoints-{__version__}.dist-info/METADATA").decode()
+        for name in CHECKPOINT_FILES:
+            assert zf.read(f"edgeseg_checkpoints/{name}") == (REPO / "edge" / "zoo" / name).read_bytes()
+    data = sorted(n.removeprefix("edgeseg_checkpoints/") for n in names if not n.startswith("edgeseg_checkpoints-"))
+    assert data == sorted(CHECKPOINT_FILES + ["__init__.py"])
+    assert "License-Expression: Apache-2.0" in meta.splitlines() and "Requires-Dist" not in meta
+
+
+def test_the_zoo_finds_the_checkpoints_of_the_installed_wheel(checkpoints_wheel, tmp_path, monkeypatch):
+    """An installed runtime (its zoo without any .pt) plus the checkpoints wheel: the torch side sees every network."""
+    from edgeseg import zoo as zoo_mod
+    from edgeseg.card import verify_files
+
+    site = tmp_path / "site"
+    with zipfile.ZipFile(checkpoints_wheel) as zf:
+        zf.extractall(site)  # what pip install does with a pure-Python wheel
+    runtime_zoo = tmp_path / "zoo"
+    runtime_zoo.mkdir()
+    for p in (REPO / "edge" / "zoo").glob("half_unet-int8*"):
+        shutil.copy(p, runtime_zoo)
+    monkeypatch.setattr(zoo_mod, "ZOO_DIR", runtime_zoo)
+    assert zoo_mod.checkpoint_folder() is None  # not installed in this venv: a source checkout has them in edge/zoo
+    monkeypatch.syspath_prepend(str(site))
+    assert zoo_mod.checkpoint_folder() == site / "edgeseg_checkpoints"
+    zoo = zoo_mod.Zoo()
+    ref = zoo.checkpoint("half_unet")
+    assert ref.path == site / "edgeseg_checkpoints" / "half_unet.pt" and ref.format == "torch"
+    verify_files(ref.path, ref.card)
+    assert {r.name for r in zoo.entries} >= {"half_unet", "half_unet-int8", "mobilenetv2_unet"}
+    assert zoo_mod.resolve_model("half_unet").path == ref.path
 
 
 def test_metadata_declares_the_license_the_pep_639_way(built):

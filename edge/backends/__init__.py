@@ -21,13 +21,14 @@ import importlib
 import importlib.util
 import json
 import os
+import sys
 from functools import cache
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import MissingDependency, ModelError
+from ..errors import EdgesegError, MissingDependency, ModelError
 from ..zoo import FORMATS
 
 ENTRY_POINT_GROUP = "edgeseg.backends"
@@ -160,12 +161,14 @@ def backend_for_format(fmt: str) -> str:
 
 
 def open_backend(path: str | Path, backend: str = "auto", threads: int | None = None, *, card=None,
-                 **options) -> Backend:
+                 fallback: bool = True, **options) -> Backend:
     """Open a model file with the chosen backend (``auto``: the one native to its format).
 
     ``.onnx`` -> ONNX Runtime (OpenVINO reads it too), ``.xml`` -> OpenVINO, ``.pt`` -> torch (with the card, which
     names the architecture). ``options`` go to the backend (``inference_precision`` for OpenVINO, ``tta`` for
-    torch); one it does not take is a one-line error.
+    torch); one it does not take is a one-line error. OpenVINO is checked with one inference on a blank input;
+    where it cannot run the file on this CPU, ONNX Runtime runs it instead and says so (:func:`_onnxruntime_instead`;
+    ``fallback=False``: the one-line error, for a caller that must measure OpenVINO itself).
     """
     path = Path(path)
     if not path.is_file():
@@ -184,7 +187,58 @@ def open_backend(path: str | Path, backend: str = "auto", threads: int | None = 
         raise ModelError(f"the {name} backend has no option {', '.join(unknown)}",
                          f"it takes {', '.join(cls.options) or 'none'}; drop it for {fmt} files")
     taken = {k: v for k, v in options.items() if k in cls.options}
-    return cls(path, threads or default_threads(), card=card, **taken)
+    threads = threads or default_threads()
+    if name != "openvino":
+        return cls(path, threads, card=card, **taken)
+    try:
+        return _open_checked(cls, path, threads, card, taken)
+    except ModelError as exc:
+        if not fallback:
+            raise
+        return _onnxruntime_instead(path, threads, card, exc)
+
+
+def _open_checked(cls: type[Backend], path: Path, threads: int, card, options: dict) -> Backend:
+    """Open ``path`` and run one checked inference (:meth:`OpenVinoBackend.check_first_inference`)."""
+    be = cls(path, threads, card=card, **options)
+    try:
+        be.check_first_inference()
+    except ModelError:
+        be.close()
+        raise
+    return be
+
+
+def _onnxruntime_instead(path: Path, threads: int, card, failure: ModelError) -> Backend:
+    """OpenVINO cannot run ``path`` on this CPU: run the same ONNX file with ONNX Runtime (for an OpenVINO IR: the
+    ONNX file beside it of the same network, precision, input size and post-processing), say so on stderr and record
+    it in the backend's details (the run log's start line); ``failure`` again when there is no such file."""
+    onnx_path, onnx_card = (path, card) if FORMATS.get(path.suffix.lower()) == "onnx" else _onnx_twin(path, card)
+    if onnx_path is None or importlib.util.find_spec("onnxruntime") is None:
+        raise failure
+    be = backend_class("onnxruntime")(onnx_path, threads, card=onnx_card)
+    ran = onnx_path.name if onnx_path != path else "it"
+    print(f"note: {failure.problem}: running {ran} with onnxruntime instead", file=sys.stderr, flush=True)
+    be.details.update({"fallback_from": "openvino", "fallback_reason": failure.problem})
+    return be
+
+
+def _onnx_twin(path: Path, card) -> tuple[Path | None, object]:
+    """The ONNX file beside the OpenVINO IR ``path`` (in the zoo, a bundle or an export folder) that computes what it
+    does (the best one for this CPU), if any."""
+    from ..card import read_card
+    from ..zoo import Zoo
+
+    try:
+        card = card if card is not None else read_card(path, verify=False)
+    except EdgesegError:
+        return None, None
+    for ref in Zoo(path.parent).variants(card.network, precision=card.precision, formats=("onnx",)):
+        c = ref.card
+        if (c.arch, c.size, c.post_config(), c.mean, c.std) == (card.arch, card.size, card.post_config(), card.mean,
+                                                                    card.std):
+            return ref.path, c
+    return None, None
 
 
 def read_embedded_card(path: str | Path) -> dict | None:

@@ -39,7 +39,7 @@ class OpenVinoBackend(Backend):
         try:
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as exc:
-            raise ModelError(f"OpenVINO cannot compile {path} ({str(exc).splitlines()[0][:160]})",
+            raise ModelError(f"OpenVINO cannot compile {path} ({_what(exc)})",
                              "re-export the model with `edgeseg export`") from exc
         inp = self.compiled.inputs[0]
         self.input_name = inp.get_any_name()
@@ -54,6 +54,23 @@ class OpenVinoBackend(Backend):
         self.executed_precision = f"int8+{float_precision}" if quantised else float_precision
         self.details = {"device": "CPU", "inference_precision_hint": float_precision, "openvino": ov.__version__}
         self.request = self.compiled.create_infer_request()
+
+    def check_first_inference(self) -> None:
+        """One inference on a blank input, checked: OpenVINO's ARM plug-in compiles some files on some CPUs (the
+        INT8 ONNX files on a Cortex-A72, a Raspberry Pi 4) and then fails at, or returns an empty batch from, the first
+        inference. A one-line ModelError then, which :func:`edgeseg.backends.open_backend` answers with ONNX Runtime."""
+        size = self.card.size if self.card is not None else 256
+        shape = tuple(d if d > 0 else s for d, s in zip(self.input_shape, (1, 3, size, size), strict=True))
+        fix = "run it with --backend onnxruntime"
+        try:
+            out = self._run(np.zeros(shape, np.float32))
+        except Exception as exc:
+            raise ModelError(f"OpenVINO fails at the first inference of {self.path.name} on this CPU "
+                             f"({_what(exc)})", fix) from exc
+        want = (shape[0], len(self.output_names), *shape[2:])
+        if out.shape != want or not np.isfinite(out).all():
+            raise ModelError(f"OpenVINO returns {'non-finite values' if out.shape == want else tuple(out.shape)} "
+                             f"instead of {want} for {self.path.name} on this CPU", fix)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         res = self.request.infer({self.input_name: x})
@@ -74,6 +91,14 @@ class OpenVinoBackend(Backend):
         if model.has_rt_info(CARD_METADATA_KEY):
             return json_or_none(model.get_rt_info(CARD_METADATA_KEY).astype(str))
         return None
+
+
+def _what(exc: Exception) -> str:
+    """OpenVINO's message in one short line: its first says where it was raised (``Exception from src/...``), the
+    reason comes after (``Convolution node with name ... object is not initialized``)."""
+    lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
+    reasons = [x for x in lines if not x.startswith(("Exception from ", "Check '", "[ "))]
+    return ((reasons or lines or [type(exc).__name__])[0])[:160]
 
 
 def _output_name(port) -> str:

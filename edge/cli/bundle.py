@@ -104,7 +104,8 @@ def install_bundle_cmd(bundle, dest, check, service_unit, service_name, run_args
               help="Folder on the device (relative = under the login folder).")
 @click.option("--python", "python_exe", default="python3", show_default=True, help="Python on the device.")
 @click.option("--wheel", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Install this edgeseg wheel instead of edgeseg==VERSION from the device's package index.")
+              help="The edgeseg wheel to send and install [dist/edgeseg-VERSION-py3-none-any.whl, else built now].")
+@click.option("--no-wheel", is_flag=True, help="Send no wheel: pip installs edgeseg==VERSION from the device's index.")
 @click.option("--pip-args", default="", help="Extra pip options on the device, e.g. '--index-url URL'.")
 @click.option("--system-site-packages/--no-system-site-packages", default=True, show_default=True,
               help="Let the venv see the system's packages (Raspberry Pi OS's python3-picamera2).")
