@@ -13,6 +13,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from edgeseg.card import CARD_METADATA_KEY, new_card, write_card
@@ -78,3 +79,12 @@ def failing_onnx(path: Path) -> Path:
         helper.make_node("Reshape", ["m", "shape"], ["r"]),
         helper.make_node("Sigmoid", ["r"], ["foreground"])],
         [helper.make_tensor("shape", TensorProto.INT64, [4], [7, 1, -1, 256])], (256, 256))
+
+
+def plays(path: Path) -> bool:
+    """Whether a recording opens and gives its first frame (a torn or empty file does not)."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return bool(cap.isOpened() and cap.read()[0])
+    finally:
+        cap.release()

@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 import tifffile
 from common import RESULTS, cpu_name, load_average, machine_line, markdown_table, write_results
-from fault_inputs import failing_onnx, half_output_onnx, png_claiming, truncate
+from fault_inputs import failing_onnx, half_output_onnx, plays, png_claiming, truncate
 
 from edgeseg.device.bundle import install_bundle
 from edgeseg.zoo import DEFAULT_RUN_MODEL, SAMPLE_CLIP, resolve_model
@@ -108,14 +108,6 @@ def run_args(*extra, out: str = "out") -> list:
 
 def log_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def plays(path: Path) -> bool:
-    cap = cv2.VideoCapture(str(path))
-    try:
-        return bool(cap.isOpened() and cap.read()[0])
-    finally:
-        cap.release()
 
 
 def clip_pages(n: int) -> np.ndarray:

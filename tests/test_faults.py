@@ -23,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from fault_inputs import plays
 from test_live import check_log_schema, cli, make_threshold_onnx
 
 import edgeseg.device.runlog as runlog_module
@@ -42,14 +43,6 @@ DiskUsage = namedtuple("DiskUsage", "total used free")
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     return make_threshold_onnx(tmp_path_factory.mktemp("model") / "bright.onnx")
-
-
-def plays(path: Path) -> bool:
-    cap = cv2.VideoCapture(str(path))
-    try:
-        return bool(cap.isOpened() and cap.read()[0])
-    finally:
-        cap.release()
 
 
 def segments(out: Path) -> list[Path]:

@@ -62,17 +62,8 @@ def _open_stream(server, path="/stream.mjpg", timeout=5.0):
 
 def _read_part(resp) -> bytes:
     """One JPEG from a multipart/x-mixed-replace response."""
-    line = resp.fp.readline()
-    while line in (b"\r\n", b""):
-        line = resp.fp.readline()
-    assert line == f"--{BOUNDARY}\r\n".encode(), line
-    headers = {}
-    while (line := resp.fp.readline()) != b"\r\n":
-        k, v = line.decode().split(":", 1)
-        headers[k.strip().lower()] = v.strip()
+    headers, data = _read_part_headers(resp)
     assert headers["content-type"] == "image/jpeg"
-    data = resp.fp.read(int(headers["content-length"]))
-    assert resp.fp.read(2) == b"\r\n"
     return data
 
 
