@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import pytest
 from fault_inputs import plays
-from test_live import check_log_schema, cli, make_threshold_onnx
+from test_live import check_log_schema, cli, make_threshold_onnx, start_endless_run
 
 import edgeseg.device.runlog as runlog_module
 import edgeseg.fsutil as fsutil
@@ -380,16 +380,6 @@ def test_bounded_run_through_the_loop_rotates_log_and_recording(tmp_path):
 # --------------------------------------------------------------------------- power cut
 
 
-def _start(model: Path, out: Path, extra=()):
-    code = (
-        "import sys; sys.modules['torch'] = None\n"
-        "from edgeseg.cli import main\n"
-        f"main(['run', '--model', {str(model)!r}, '--source', 'synthetic:64x64:0', '--no-display',"
-        f" '--out', {str(out)!r}, *{list(extra)!r}])\n"
-    )
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 def _wait_for(path: Path, proc) -> None:
     deadline = time.monotonic() + 120  # only so that a broken run cannot hang the suite
     while not path.exists():
@@ -401,7 +391,7 @@ def _wait_for(path: Path, proc) -> None:
 
 def test_sigkill_loses_at_most_the_open_segment_and_the_next_start_cleans_up(tiny_model, tmp_path):
     out = tmp_path / "o"
-    proc = _start(tiny_model, out, ["--segment-s", "0.2"])  # 6 frames a segment at the synthetic 30 FPS
+    proc = start_endless_run(tiny_model, out, ["--segment-s", "0.2"])  # 6 frames a segment at the synthetic 30 FPS
     _wait_for(out / "overlay-000004.mp4", proc)
     proc.kill()  # SIGKILL: a power cut, as far as the process can tell
     proc.communicate(timeout=60)
@@ -432,7 +422,7 @@ def test_sigkill_loses_at_most_the_open_segment_and_the_next_start_cleans_up(tin
 
 def test_sigterm_finishes_the_open_segment(tiny_model, tmp_path):
     out = tmp_path / "o"
-    proc = _start(tiny_model, out, ["--segment-s", "0.2"])
+    proc = start_endless_run(tiny_model, out, ["--segment-s", "0.2"])
     _wait_for(out / "overlay-000002.mp4", proc)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)

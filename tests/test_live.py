@@ -345,15 +345,20 @@ def test_serve_option_streams_while_running_and_shuts_down(tiny_model, tmp_path)
 # --------------------------------------------------------------------------- signals
 
 
-def _start_endless(model: Path, out: Path, extra=()):
+def start_endless_run(model: Path, out: Path, extra=()) -> subprocess.Popen:
+    """``edgeseg run`` on an endless synthetic source in a torch-free subprocess (Ctrl-C reaches it)."""
     code = (
         "import sys; sys.modules['torch'] = None\n"
         "from edgeseg.cli import main\n"
         f"main(['run', '--model', {str(model)!r}, '--source', 'synthetic:64x64:0', '--no-display',"
         f" '--out', {str(out)!r}, *{list(extra)!r}])\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=sigint_default)
+
+
+def _start_endless(model: Path, out: Path, extra=()):
+    proc = start_endless_run(model, out, extra)
     log = out / "run.jsonl"
     deadline = time.time() + 60
     while time.time() < deadline:
