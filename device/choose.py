@@ -41,7 +41,7 @@ from edgeseg.errors import EdgesegError, ModelError
 from edgeseg.fsutil import atomic_write_json
 from edgeseg.zoo import ModelRef, Zoo
 
-from .hardware import parse_cpuinfo
+from .hardware import is_arm, parse_cpuinfo, read_text
 
 SCHEMA = 1
 CACHE_NAME = "choices.json"
@@ -77,11 +77,7 @@ class Candidate:
 def cpu_identity(root: Path = Path("/"), arch: str | None = None) -> dict:
     """What decides the INT8 kernels and the speed of this CPU: model, architecture, a hash of its flags, flavour."""
     arch = arch or platform.machine() or "unknown"
-    try:
-        text = (root / "proc" / "cpuinfo").read_text(errors="replace")
-    except OSError:
-        text = ""
-    cpu = parse_cpuinfo(text)
+    cpu = parse_cpuinfo(read_text(root / "proc" / "cpuinfo") or "")
     return {"model": cpu["model"] or platform.processor() or None, "arch": arch,
             "flags_sha256": hashlib.sha256(" ".join(cpu["flags"]).encode()).hexdigest()[:16],
             "flavour": cpu_flavour(cpu["flags"], arch)}
@@ -90,8 +86,7 @@ def cpu_identity(root: Path = Path("/"), arch: str | None = None) -> dict:
 def cpu_flavour(flags, arch: str | None = None) -> str:
     """The INT8 kernels a CPU runs, as the zoo's targets name them: ``arm``; ``x86`` with a VNNI dot product
     (AVX512-VNNI, AVX-VNNI, AMX); ``x86-no-vnni`` otherwise (AVX2: u8 x s8 pairs that can saturate)."""
-    arch = (arch or platform.machine() or "").lower()
-    if arch.startswith(("arm", "aarch64")):
+    if is_arm(arch or platform.machine() or ""):
         return "arm"
     return "x86" if VNNI_FLAGS & set(flags) else "x86-no-vnni"
 

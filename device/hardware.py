@@ -75,7 +75,8 @@ THROTTLE_BITS = {  # vcgencmd get_throttled: bit -> flag
 }
 
 
-def _read(path: Path) -> str | None:
+def read_text(path: Path) -> str | None:
+    """A /proc or /sys file's text, None where it cannot be read."""
     try:
         return path.read_text(errors="replace")
     except OSError:
@@ -108,14 +109,14 @@ def parse_cpuinfo(text: str) -> dict:
 def cpu_features(flags: list[str] | set[str], arch: str) -> dict[str, bool]:
     """The instruction-set features that matter for inference, for this architecture."""
     flags = set(flags)
-    table = ARM_FEATURES if _is_arm(arch) else X86_FEATURES
+    table = ARM_FEATURES if is_arm(arch) else X86_FEATURES
     out = {key: flag in flags for key, flag in table.items()}
-    if _is_arm(arch) and "neon" in flags:  # 32-bit ARM kernels
+    if is_arm(arch) and "neon" in flags:  # 32-bit ARM kernels
         out["neon"] = True
     return out
 
 
-def _is_arm(arch: str) -> bool:
+def is_arm(arch: str) -> bool:
     return arch.lower().startswith(("arm", "aarch64"))
 
 
@@ -133,10 +134,10 @@ def temperatures(root: Path = Path("/")) -> dict[str, float]:
     """Every thermal zone's temperature in °C (``/sys/class/thermal/thermal_zone*/temp``, millidegrees)."""
     out = {}
     for zone in sorted((root / "sys" / "class" / "thermal").glob("thermal_zone*")):
-        raw = _read(zone / "temp")
+        raw = read_text(zone / "temp")
         if raw is None or not raw.strip().lstrip("-").isdigit():
             continue
-        kind = (_read(zone / "type") or zone.name).strip() or zone.name
+        kind = (read_text(zone / "type") or zone.name).strip() or zone.name
         key = kind if kind not in out else f"{kind}:{zone.name}"
         out[key] = round(int(raw.strip()) / 1000.0, 1)
     return out
@@ -167,7 +168,7 @@ def cpu_snapshot() -> dict | None:
     """Busy CPU seconds of the whole machine (``/proc/stat``) and of this process, now; None off Linux."""
     import time
 
-    text = _read(Path("/proc/stat")) or ""
+    text = read_text(Path("/proc/stat")) or ""
     line = next((x for x in text.splitlines() if x.startswith("cpu ")), None)
     if line is None:
         return None
@@ -190,7 +191,7 @@ def other_cpu_share(before: dict | None, after: dict | None, cores: int) -> floa
 
 def board_model(root: Path = Path("/")) -> str | None:
     """The board's name from the device tree (``Raspberry Pi 5 Model B Rev 1.0``), None on a PC."""
-    text = _read(root / "proc" / "device-tree" / "model")
+    text = read_text(root / "proc" / "device-tree" / "model")
     if not text:
         return None
     return text.replace("\x00", "").strip() or None
@@ -202,11 +203,11 @@ def hardware_report(root: Path = Path("/"), arch: str | None = None) -> dict:
     ``root`` and ``arch`` stand for ``/`` and :func:`platform.machine` (another machine's files, in tests).
     """
     arch = arch or platform.machine() or "unknown"
-    cpu = parse_cpuinfo(_read(root / "proc" / "cpuinfo") or "")
+    cpu = parse_cpuinfo(read_text(root / "proc" / "cpuinfo") or "")
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     board = board_model(root)
     mem_total = None
-    meminfo = _read(root / "proc" / "meminfo") or ""
+    meminfo = read_text(root / "proc" / "meminfo") or ""
     m = re.search(r"MemTotal:\s+(\d+)\s*kB", meminfo)
     if m:
         mem_total = round(int(m.group(1)) / 1024**2, 2)
@@ -238,7 +239,7 @@ def hardware_report(root: Path = Path("/"), arch: str | None = None) -> dict:
 
 
 def _os_release(root: Path) -> str | None:
-    text = _read(root / "etc" / "os-release") or ""
+    text = read_text(root / "etc" / "os-release") or ""
     m = re.search(r'^PRETTY_NAME="?([^"\n]*)"?', text, re.M)
     return m.group(1) if m else None
 
@@ -284,7 +285,7 @@ def usable_cores() -> int:
 
 def rss_mb() -> float | None:
     """This process's resident memory in MB (from /proc; None where there is none)."""
-    text = _read(Path("/proc/self/status"))
+    text = read_text(Path("/proc/self/status"))
     for line in (text or "").splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
