@@ -101,9 +101,9 @@ def edgeseg(work: Path, *args, expect: int, out: str | None = "out", prefix=(), 
     return res
 
 
-def run_args(*extra, out: str = "out") -> list:
-    """``run`` with the shipped model, headless, into ``out``."""
-    return ["run", "--model", MODEL, "--no-display", "--out", out, *extra]
+def run_args(*extra, out: str = "out", model: str = MODEL) -> list:
+    """``run`` with ``model`` (the shipped one), headless, into ``out``."""
+    return ["run", "--model", model, "--no-display", "--out", out, *extra]
 
 
 def log_lines(path: Path) -> list[dict]:
@@ -378,22 +378,19 @@ def image_one_pixel_high(work: Path) -> Outcome:
 
 def model_output_differs_from_its_card(work: Path) -> Outcome:
     half_output_onnx(work / "half.onnx")
-    return edgeseg(work, "run", "--model", "half.onnx", "--source", CLIP, "--no-display", "--max-frames", 3,
-                   "--out", "out", expect=2)
+    return edgeseg(work, *run_args("--source", CLIP, "--max-frames", 3, model="half.onnx"), expect=2)
 
 
 def card_that_is_a_json_list(work: Path) -> Outcome:
     shutil.copy(resolve_model(MODEL).path, work / "m.onnx")
     (work / "m.card.json").write_text("[1, 2, 3]")
-    return edgeseg(work, "run", "--model", "m.onnx", "--source", CLIP, "--no-display", "--max-frames", 3,
-                   "--out", "out", expect=2)
+    return edgeseg(work, *run_args("--source", CLIP, "--max-frames", 3, model="m.onnx"), expect=2)
 
 
 def corrupt_xml_without_a_card(work: Path) -> Outcome:
     (work / "model.xml").write_text("corrupt\n")
     (work / "model.bin").write_bytes(b"\0" * 16)
-    res = edgeseg(work, "run", "--model", "model.xml", "--source", CLIP, "--no-display", "--max-frames", 3,
-                  "--out", "out", expect=2)
+    res = edgeseg(work, *run_args("--source", CLIP, "--max-frames", 3, model="model.xml"), expect=2)
     if res.stdout.strip():
         res.problems.append(f"stdout not empty: {res.stdout.strip()[:200]}")
     return res
@@ -401,8 +398,7 @@ def corrupt_xml_without_a_card(work: Path) -> Outcome:
 
 def model_failing_at_its_first_inference(work: Path) -> Outcome:
     failing_onnx(work / "boom.onnx")
-    return edgeseg(work, "run", "--model", "boom.onnx", "--source", CLIP, "--no-display", "--max-frames", 3,
-                   "--out", "out", expect=2)
+    return edgeseg(work, *run_args("--source", CLIP, "--max-frames", 3, model="boom.onnx"), expect=2)
 
 
 def bundle_setting_of_the_wrong_type(work: Path) -> Outcome:
