@@ -11,11 +11,12 @@ One frame, timed stage by stage (milliseconds in the log)::
     render       drawing the overlay (skipped when nothing shows, records or streams it)
     output       recording, display and the sinks (e.g. the browser stream)
 
-Pipelined (the default) or sequential (``pipeline=False``, ``edgeseg run --sequential``). Pipelined, three threads
-overlap the stages of consecutive frames::
+Pipelined (the default) or sequential (``pipeline=False``, ``edgeseg run --sequential``). Pipelined, four threads
+overlap the stages of consecutive frames, the network alone in one of them::
 
-    capture thread       source.read()                                   -> [slot] ->
-    segment thread       Segmenter (preprocess, inference, postprocess), processors -> [slot] ->
+    capture thread       source.read(), Segmenter.prepare (preprocess)           -> [slot] ->
+    network thread       Segmenter.infer (inference)                              -> [slot] ->
+    finish thread        Segmenter.finish (postprocess), processors               -> [slot] ->
     caller's thread      overlay, recording hand-over, display, sinks, statistics, JSONL line
 
 joined by single-slot hand-overs: a camera's frame that finds the slot full replaces the one waiting there (the
@@ -40,7 +41,7 @@ precision, executed_precision, threads) plus ``frame`` (this frame's log record)
 reported in the log and detached, the run goes on.
 
 Processors: objects with ``process(frame, result) -> dict`` and ``close() -> dict`` (e.g. per-nucleus measurement
-or tracking), called in the segment stage right after segmentation, for every segmented frame, in order (a
+or tracking), called in the finish stage right after segmentation, for every segmented frame, in order (a
 camera frame dropped before segmentation is never seen; one dropped after it was seen but gets no log record); the
 returned fields are merged into that frame's log record (the loop's own keys win), ``close()``'s into the summary.
 One that raises is reported as a ``processor_failed`` event and detached, the run goes on.
@@ -268,16 +269,24 @@ JOIN_S = 10.0  # how long the end of a run waits for a stage's thread (a frame i
 
 
 class _Job:
-    """One frame on its way through the stages, with the perf_counter times that split its latency."""
+    """One frame on its way through the stages, with the perf_counter times that split its latency: capture
+    (t0-t1), prepare (t_seg-t_prepared), network (t_infer-t_inferred), finish and processors (t_finish-t_segged)."""
 
-    __slots__ = ("frame", "t0", "t1", "t_seg", "t_segged", "result", "extra", "processors_ms")
+    __slots__ = ("frame", "t0", "t1", "t_seg", "t_prepared", "t_infer", "t_inferred", "t_finish", "t_segged",
+                 "prep", "result", "extra", "processors_ms")
 
     def __init__(self, frame, t0: float, t1: float):
         self.frame, self.t0, self.t1 = frame, t0, t1
-        self.t_seg = self.t_segged = t1
+        self.t_seg = self.t_prepared = self.t_infer = self.t_inferred = self.t_finish = self.t_segged = t1
+        self.prep = None
         self.result = None
         self.extra: dict = {}
         self.processors_ms: float | None = None
+
+    def waited_s(self, t_output: float) -> float:
+        """The time this frame spent in the hand-overs between its stages (seconds)."""
+        return ((self.t_seg - self.t1) + (self.t_infer - self.t_prepared) + (self.t_finish - self.t_inferred)
+                + (t_output - self.t_segged - (self.processors_ms or 0.0) / 1e3))
 
 
 class _Slot:
@@ -333,6 +342,8 @@ class _Loop:
         self.seg, self.source, self.log, self.recorder, self.display = seg, source, log, recorder, display
         self.sinks, self.overlay, self.max_frames, self.stop = sinks, overlay, max_frames, stop
         self.pipeline, self.processors, self.drop = pipeline, processors, drop
+        # a Segmenter's three steps (prepare, infer, finish) go to three threads; any other callable runs whole
+        self.split = all(callable(getattr(seg, step, None)) for step in ("prepare", "infer", "finish"))
         self.events: list[dict] = []
         self.run_info = {**getattr(seg, "info", {}), **(info or {}), "pipeline": pipeline}
         self.stats = RunStats(self.run_info)
@@ -369,9 +380,34 @@ class _Loop:
         return None if frame is None else _Job(frame, t0, time.perf_counter())
 
     def segment(self, job: _Job) -> _Job:
-        """Segmentation, then the processors (a failing one is reported and detached)."""
+        """The three segmentation steps of one frame, one after another (the sequential loop)."""
+        return self.finish(self.infer(self.prepare(job)))
+
+    def prepare(self, job: _Job) -> _Job:
+        """Everything before the network (``Segmenter.prepare``; a segmenter without the three steps is run whole
+        in :meth:`infer`)."""
         job.t_seg = time.perf_counter()
-        job.result = self.seg(job.frame.image, job.frame.order)
+        if self.split:
+            job.prep = self.seg.prepare(job.frame.image, job.frame.order)
+        job.t_prepared = time.perf_counter()
+        return job
+
+    def infer(self, job: _Job) -> _Job:
+        """The network alone (the step a pipelined run gives a thread and its inference threads of its own)."""
+        job.t_infer = time.perf_counter()
+        if self.split:
+            self.seg.infer(job.prep)
+        else:
+            job.result = self.seg(job.frame.image, job.frame.order)
+        job.t_inferred = time.perf_counter()
+        return job
+
+    def finish(self, job: _Job) -> _Job:
+        """Stitching and post-processing, then the processors (a failing one is reported and detached)."""
+        job.t_finish = time.perf_counter()
+        if self.split:
+            job.result = self.seg.finish(job.prep, job.frame.image.shape[:2])
+            job.prep = None
         job.t_segged = time.perf_counter()
         if self.processors:
             for proc in list(self.processors):
@@ -390,17 +426,20 @@ class _Loop:
         """Overlay, recording, display, sinks, statistics and the log line; False when the window was closed."""
         t2 = time.perf_counter()
         frame, result = job.frame, job.result
-        # nothing shows, records or streams the overlay (a headless logger): do not draw it
-        draw = self.recorder is not None or self.display is not None or self.sinks
-        image = self.overlay.render(frame, result) if draw else None
+        # nothing shows, records or streams the overlay (a headless logger): do not draw it; the recording is
+        # enlarged less than what people watch (Overlay.record_min_side)
+        sides = ([self.overlay.record_min_side] if self.recorder is not None else []) + \
+            ([self.overlay.min_side] if self.display is not None or self.sinks else [])
+        images = self.overlay.render_sides(frame, result, sides) if sides else {}
+        image = images.get(self.overlay.min_side)
         t3 = time.perf_counter()
         rolling = self.overlay.fps.tick(t3)
         keep_going = True
         if self.recorder is not None:
-            self.recorder.write(image, t3)
+            self.recorder.write(images[self.overlay.record_min_side], t3)
         if self.display is not None:
             keep_going = self.display.show(image)
-        wait = (job.t_seg - job.t1) + (t2 - job.t_segged - (job.processors_ms or 0.0) / 1e3)
+        wait = job.waited_s(t2)
         dropped_pipeline = self.dropped_pipeline
         record = {
             "type": "frame",
@@ -464,20 +503,20 @@ class _Loop:
                 return
 
     def pipelined(self) -> None:
-        """Capture -> [slot] -> segmentation -> [slot] -> output: the first two in threads of their own, the output in
-        the caller's (the display's GUI wants the main thread, and so do signals)."""
-        captured = _Slot(self.drop, self.halted)
-        segmented = _Slot(self.drop, self.halted)
-        self.slots = [captured, segmented]
-        threads = [threading.Thread(target=self._guard, args=(self._capture_stage, captured), daemon=True,
-                                    name="edgeseg-capture"),
-                   threading.Thread(target=self._guard, args=(self._segment_stage, captured, segmented),
-                                    daemon=True, name="edgeseg-segment")]
-        self.threads = threads
-        for t in threads:
+        """Capture + prepare -> [slot] -> network -> [slot] -> finish + processors -> [slot] -> output: the first
+        three in threads of their own, the output in the caller's (the display's GUI wants the main thread, and so
+        do signals)."""
+        captured, inferred, finished = (_Slot(self.drop, self.halted) for _ in range(3))
+        self.slots = [captured, inferred, finished]
+        stages = (("capture", self._capture_stage, (captured,)),
+                  ("infer", self._step_stage, (self.infer, captured, inferred)),
+                  ("finish", self._step_stage, (self.finish, inferred, finished)))
+        self.threads = [threading.Thread(target=self._guard, args=(stage, *args), daemon=True, name=f"edgeseg-{name}")
+                        for name, stage, args in stages]
+        for t in self.threads:
             t.start()
         while not self.stop:
-            job = segmented.get()
+            job = finished.get()
             if job is None:
                 break
             keep_going = self.output(job)
@@ -506,13 +545,13 @@ class _Loop:
             if not self.drop and self.max_frames is not None and reads >= self.max_frames:
                 return  # a file: exactly max_frames frames (a camera's are counted where they are output)
             job = self.capture()
-            if job is None or not out.put(job):
+            if job is None or not out.put(self.prepare(job)):
                 return
             reads += 1
 
-    def _segment_stage(self, inp: _Slot, out: _Slot) -> None:
+    def _step_stage(self, step: Callable[[_Job], _Job], inp: _Slot, out: _Slot) -> None:
         while (job := inp.get()) is not None:
-            if not out.put(self.segment(job)):
+            if not out.put(step(job)):
                 return
 
     def _join(self) -> None:

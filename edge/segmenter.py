@@ -14,6 +14,7 @@ per frame size in a live run); the Segmenter runs the plan: resize or tiles, the
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from .errors import EdgesegError, ModelError
 from .measure import FIELDS, measure
 from .postprocess import PostprocessConfig, cut_tiles, postprocess_scored, stitch, tile_grid
 from .preprocess import normalise, resize_to, to_rgb8
-from .scale import TILE_OVERLAP, ScalePolicy, tile_mode
+from .scale import TILE_OVERLAP, Plan, ScalePolicy, tile_mode
 
 TABLE_FIELDS = FIELDS  # the columns of table() and to_csv() (edgeseg.measure), per-channel ones after them
 
@@ -139,6 +140,7 @@ class Segmenter:
             measure_post=PostprocessConfig(threshold=post.threshold, min_size=post.min_size),
             cache={} if remember_scale else None)
         self.backend_info = dict(backend_info or {})
+        self._predict_lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading and closing
 
@@ -232,77 +234,155 @@ class Segmenter:
         t0 = time.perf_counter()
         x = normalise(np.stack(rgb_tiles), self.mean, self.std)
         t1 = time.perf_counter()
-        probs = np.asarray(self.predict(x), np.float32)
+        probs = self._predict(x)
         if ms is not None:
             ms["preprocess"] += (t1 - t0) * 1e3
             ms["inference"] += (time.perf_counter() - t1) * 1e3
         return probs
+
+    def _predict(self, x: np.ndarray) -> np.ndarray:
+        """The network on a normalised batch; one call at a time (an OpenVINO infer request is not reentrant, and a
+        pipelined run may measure a new frame size in one thread while another runs the network)."""
+        with self._predict_lock:
+            return np.asarray(self.predict(x), np.float32)
 
     def resized_probs(self, frame: np.ndarray, order: str = "rgb") -> np.ndarray:
         """The paper's protocol: the whole frame resized to the input size -> C x S x S probabilities."""
         rgb = to_rgb8(frame, self.channel, order)
         return self._infer([resize_to(rgb, self.input_size)])[0]
 
-    def probabilities(self, frame: np.ndarray, order: str = "rgb") -> tuple[np.ndarray, dict]:
-        """Frame -> (probabilities C x h x w, what ran) following the scale policy: ``tiled``, ``scale``,
-        ``n_tiles``, ``scale_source``, ``estimated_diameter_px``, ``timings`` (ms) and the ``rgb`` frame."""
+    # A frame goes through three steps, which a pipelined run (edgeseg.device.live) puts in three threads:
+    # prepare (8-bit RGB, the scale plan, resize, tiles, normalisation) -> infer (the network alone) -> finish
+    # (stitching, the post-processing). Called one after another they are exactly ``seg(frame)``.
+
+    def prepare(self, frame: np.ndarray, order: str = "rgb") -> Prepared:
+        """Everything before the network: the frame as 8-bit RGB, its scale plan, and the normalised batch of input
+        tiles (None when the plan measured the frame with the network and kept that prediction)."""
         t_convert = time.perf_counter()
         rgb = to_rgb8(frame, self.channel, order)
         t0 = time.perf_counter()
         convert_ms = (t0 - t_convert) * 1e3
-        h, w = rgb.shape[:2]
         ms = {"preprocess": convert_ms, "inference": 0.0}
         plan = self.scale_policy.plan(rgb, lambda tiles: self._infer(tiles, ms))
         booked = ms["preprocess"] + ms["inference"] - convert_ms
         # measuring the nuclei to plan the tiles counts as preprocessing, less what _infer booked itself
         ms["preprocess"] += (time.perf_counter() - t0) * 1e3 - booked
+        prep = Prepared(frame.shape[:2], rgb, plan, ms)
+        t1 = time.perf_counter()
         if plan.scale is None:
-            probs, n_tiles = (plan.coarse if plan.coarse is not None else self._whole(rgb, ms)), 1
+            if plan.coarse is not None:
+                prep.probs = plan.coarse
+            else:
+                prep.batch = normalise(resize_to(rgb, self.input_size)[None], self.mean, self.std)
         else:
-            probs, n_tiles = self._tiled(rgb, plan.scale, ms)
-            if plan.refine:  # a small frame padded at native scale: rescale once if its nuclei ask for it
-                t1 = time.perf_counter()
-                better = self.scale_policy.refine(plan, probs, rgb)
-                ms["preprocess"] += (time.perf_counter() - t1) * 1e3
-                if better is not None:
-                    plan = better
-                    probs, n_tiles = self._tiled(rgb, plan.scale, ms)
-        return probs, {"tiled": plan.scale is not None, "scale": self.input_size / max(h, w) if plan.scale is None
-                       else plan.scale, "n_tiles": n_tiles, "estimated_diameter_px": plan.diameter_px,
-                       "scale_source": plan.source, "timings": ms, "rgb": rgb,
-                       "total_ms": convert_ms + (time.perf_counter() - t0) * 1e3}
-
-    def _whole(self, rgb: np.ndarray, ms: dict) -> np.ndarray:
-        """The whole frame resized to the input size -> C x S x S probabilities (stage times added to ``ms``)."""
-        t1 = time.perf_counter()
-        small = resize_to(rgb, self.input_size)
+            prep.scaled, prep.grid, prep.batch = self._tile_batch(rgb, plan.scale)
         ms["preprocess"] += (time.perf_counter() - t1) * 1e3
-        return self._infer([small], ms)[0]
+        if plan.scale is not None and plan.refine:
+            # a small frame at native scale, the first of its size: its nuclei may ask for another scale, which
+            # the policy then remembers; settled here, before the next frame is prepared, so that a pipelined run
+            # plans every later frame as a sequential one would
+            prep.probs, prep.n_tiles, prep.plan = self._refined(self.infer(prep))
+        return prep
 
-    def _tiled(self, rgb: np.ndarray, scale: float, ms: dict) -> tuple[np.ndarray, int]:
-        """The frame rescaled by ``scale``, cut into overlapping input-size tiles, run, stitched."""
-        s = self.input_size
-        h, w = rgb.shape[:2]
-        t1 = time.perf_counter()
-        sh, sw = max(round(h * scale), 1), max(round(w * scale), 1)
-        scaled = rgb if (sh, sw) == (h, w) else resize_to(rgb, (sh, sw))
-        grid = tile_grid(sh, sw, s, TILE_OVERLAP)
-        tiles = cut_tiles(scaled, grid, s)
-        ms["preprocess"] += (time.perf_counter() - t1) * 1e3
-        tile_probs = self._infer(tiles, ms)
-        t1 = time.perf_counter()
-        probs = stitch(tile_probs, grid, (sh, sw), s, TILE_OVERLAP)
-        ms["preprocess"] += (time.perf_counter() - t1) * 1e3
-        return probs, len(grid)
+    def infer(self, prep: Prepared) -> Prepared:
+        """The network on the prepared batch (nothing else: this is the step a pipelined run gives its own thread)."""
+        if prep.batch is not None:
+            t1 = time.perf_counter()
+            prep.tile_probs = self._predict(prep.batch)
+            prep.ms["inference"] += (time.perf_counter() - t1) * 1e3
+            prep.batch = None
+        return prep
 
-    def __call__(self, frame: np.ndarray, order: str = "rgb") -> Segmentation:
-        probs, run = self.probabilities(frame, order)
+    def finish(self, prep: Prepared, frame_shape: tuple[int, int] | None = None) -> Segmentation:
+        """Stitching and post-processing: a prepared and inferred frame -> its :class:`Segmentation`."""
+        probs, run = self._stitched(prep)
         t1 = time.perf_counter()
-        mask, labels, scores = postprocess_scored(probs, frame.shape[:2], self.post, run["rgb"])
+        mask, labels, scores = postprocess_scored(probs, frame_shape or prep.shape, self.post, run["rgb"])
         timings = dict(run["timings"], postprocess=(time.perf_counter() - t1) * 1e3)
         return Segmentation(mask, labels, int(labels.max(initial=0)), probs, timings, run["tiled"], run["scale"],
                             run["n_tiles"], run["rgb"], run["scale_source"], run["estimated_diameter_px"],
                             scores=scores)
+
+    def probabilities(self, frame: np.ndarray, order: str = "rgb") -> tuple[np.ndarray, dict]:
+        """Frame -> (probabilities C x h x w, what ran) following the scale policy: ``tiled``, ``scale``,
+        ``n_tiles``, ``scale_source``, ``estimated_diameter_px``, ``timings`` (ms) and the ``rgb`` frame."""
+        t0 = time.perf_counter()
+        probs, run = self._stitched(self.infer(self.prepare(frame, order)))
+        run["total_ms"] = (time.perf_counter() - t0) * 1e3
+        return probs, run
+
+    def _stitched(self, prep: Prepared) -> tuple[np.ndarray, dict]:
+        """The inferred tiles as one probability map, and what ran."""
+        ms, plan, rgb = prep.ms, prep.plan, prep.rgb
+        h, w = rgb.shape[:2]
+        if prep.probs is not None:
+            probs, n_tiles = prep.probs, prep.n_tiles
+        else:
+            t1 = time.perf_counter()
+            probs, n_tiles = self._stitch(prep)
+            ms["preprocess"] += (time.perf_counter() - t1) * 1e3
+        return probs, {"tiled": plan.scale is not None, "scale": self.input_size / max(h, w) if plan.scale is None
+                       else plan.scale, "n_tiles": n_tiles, "estimated_diameter_px": plan.diameter_px,
+                       "scale_source": plan.source, "timings": ms, "rgb": rgb}
+
+    def _stitch(self, prep: Prepared) -> tuple[np.ndarray, int]:
+        if prep.grid is None:
+            return prep.tile_probs[0], 1
+        return stitch(prep.tile_probs, prep.grid, prep.scaled, self.input_size, TILE_OVERLAP), len(prep.grid)
+
+    def _refined(self, prep: Prepared) -> tuple[np.ndarray, int, Plan]:
+        """A ``native`` plan that ran -> (probabilities, tiles, plan): run once more at the scale its nuclei ask
+        for (``ScalePolicy.refine``), or kept as it is."""
+        ms = prep.ms
+        t1 = time.perf_counter()
+        probs, n_tiles = self._stitch(prep)
+        better = self.scale_policy.refine(prep.plan, probs, prep.rgb)
+        ms["preprocess"] += (time.perf_counter() - t1) * 1e3
+        if better is None:
+            return probs, n_tiles, prep.plan
+        probs, n_tiles = self._tiled(prep.rgb, better.scale, ms)
+        return probs, n_tiles, better
+
+    def _tile_batch(self, rgb: np.ndarray, scale: float):
+        """The frame rescaled by ``scale`` and cut into overlapping input-size tiles -> (scaled size, grid, the
+        normalised batch)."""
+        s = self.input_size
+        h, w = rgb.shape[:2]
+        sh, sw = max(round(h * scale), 1), max(round(w * scale), 1)
+        scaled = rgb if (sh, sw) == (h, w) else resize_to(rgb, (sh, sw))
+        grid = tile_grid(sh, sw, s, TILE_OVERLAP)
+        return (sh, sw), grid, normalise(np.stack(cut_tiles(scaled, grid, s)), self.mean, self.std)
+
+    def _tiled(self, rgb: np.ndarray, scale: float, ms: dict) -> tuple[np.ndarray, int]:
+        """The frame rescaled by ``scale``, cut into overlapping input-size tiles, run, stitched."""
+        t1 = time.perf_counter()
+        size, grid, batch = self._tile_batch(rgb, scale)
+        t2 = time.perf_counter()
+        tile_probs = self._predict(batch)
+        t3 = time.perf_counter()
+        probs = stitch(tile_probs, grid, size, self.input_size, TILE_OVERLAP)
+        ms["preprocess"] += ((t2 - t1) + (time.perf_counter() - t3)) * 1e3
+        ms["inference"] += (t3 - t2) * 1e3
+        return probs, len(grid)
+
+    def __call__(self, frame: np.ndarray, order: str = "rgb") -> Segmentation:
+        return self.finish(self.infer(self.prepare(frame, order)), frame.shape[:2])
+
+
+class Prepared:
+    """A frame between :meth:`Segmenter.prepare` and :meth:`Segmenter.finish`: its 8-bit RGB copy, the scale plan,
+    the normalised input batch (until :meth:`Segmenter.infer` ran it), and the stage times so far (ms)."""
+
+    __slots__ = ("shape", "rgb", "plan", "ms", "batch", "tile_probs", "probs", "n_tiles", "grid", "scaled")
+
+    def __init__(self, shape: tuple[int, int], rgb: np.ndarray, plan, ms: dict):
+        self.shape, self.rgb, self.plan, self.ms = tuple(shape), rgb, plan, ms
+        self.batch: np.ndarray | None = None  # N x 3 x S x S, float32
+        self.tile_probs: np.ndarray | None = None  # N x C x S x S
+        self.probs: np.ndarray | None = None  # the prediction, when prepare made it (to plan the scale)
+        self.n_tiles = 1  # the tiles that prediction took
+        self.grid: list[tuple[int, int]] | None = None  # tile corners; None: the whole frame resized
+        self.scaled: tuple[int, int] | None = None  # the rescaled frame's size the tiles were cut from
 
 
 def _first_line(exc: BaseException) -> str:

@@ -652,6 +652,30 @@ def test_pipelined_loop_gives_the_sequential_counts_and_log_schema(tiny_model, t
         assert counts[False] == counts[True] and len(counts[True]) == 12
 
 
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_the_recording_is_encoded_smaller_than_the_stream_shows(tiny_model, tmp_path, pipeline):
+    """130x130 frames: the browser stream gets the 4x overlay, the recording the 2x one (a quarter of the pixels
+    to encode), in both loops."""
+    from edgeseg.device.recorder import Recorder
+
+    class Sink:
+        shapes: set = set()
+
+        def publish(self, img, stats):
+            self.shapes.add(img.shape)
+
+        def close(self):
+            pass
+
+    sink = Sink()
+    run_live(Segmenter.load(tiny_model), SyntheticSource((130, 130), 4), sinks=[sink], pipeline=pipeline,
+             recorder=Recorder(tmp_path / "r.mp4", 10.0, drop=False))
+    cap = cv2.VideoCapture(str(tmp_path / "r.mp4"))
+    ok, first = cap.read()
+    cap.release()
+    assert ok and first.shape == (260, 260, 3) and sink.shapes == {(520, 520, 3)}
+
+
 def test_pipelined_loop_drops_the_oldest_frame_when_the_output_is_slow(tiny_model, tmp_path):
     """A camera-like source whose frames 1-29 come while a viewer stalls on frame 0 until the source has delivered
     them all: the frames that came meanwhile are dropped (one waits per hand-over, never a queue), each one is
@@ -679,8 +703,9 @@ def test_pipelined_loop_drops_the_oldest_frame_when_the_output_is_slow(tiny_mode
     assert result.stopped == "end" and source.reads == 30
     assert s["frames"] + s["dropped_pipeline"] == 30  # every frame was either processed or dropped and counted
     assert s["dropped"] == s["dropped_pipeline"] >= 30 - 4
-    # frame 0 stalled in the viewer; at most one frame in each hand-over and one in the segmentation stage
-    assert 2 <= s["frames"] <= 4 and frames[0]["index"] == 0 and frames[-1]["index"] == 29
+    # frame 0 stalled in the viewer; at most one frame in each of the 3 hand-overs and one in each of the network and
+    # finish stages
+    assert 2 <= s["frames"] <= 6 and frames[0]["index"] == 0 and frames[-1]["index"] == 29
     assert viewer.got == [r["index"] for r in frames]
     assert [r["dropped"] for r in frames] == sorted(r["dropped"] for r in frames)
 
@@ -706,8 +731,9 @@ def test_pipelined_loop_holds_a_file_back_instead_of_dropping(tiny_model, tmp_pa
         def publish(self, img, stats):
             if self.n == 0:
                 deadline = time.monotonic() + 60
-                while len(reads) < 4 and time.monotonic() < deadline:  # the pipeline fills up behind the viewer
+                while len(reads) < 7 and time.monotonic() < deadline:  # the pipeline fills up behind the viewer
                     time.sleep(0.005)
+                time.sleep(0.2)  # and reads no further
                 self.ahead = len(reads)
             self.n += 1
 
@@ -716,7 +742,9 @@ def test_pipelined_loop_holds_a_file_back_instead_of_dropping(tiny_model, tmp_pa
 
     viewer = Stalled()
     result = run_live(Segmenter.load(tiny_model), source, sinks=[viewer], overlay=Overlay(min_side=64))
-    assert 4 <= viewer.ahead <= 5  # frame 0 in the viewer, 1 in the output hand-over, 2 in segmentation, 3 captured
+    # frame 0 in the viewer, 1 in the output hand-over, 2 being finished, 3 in the hand-over to it, 4 in the network,
+    # 5 in the hand-over to it, 6 captured and prepared, waiting to be handed over
+    assert viewer.ahead == 7
     assert result.summary["frames"] == 12 and result.summary["dropped"] == 0 and viewer.n == 12
 
 
