@@ -998,8 +998,15 @@ def yuv420_to_rgb(yuv: np.ndarray, width: int, height: int) -> np.ndarray:
 # --------------------------------------------------------------------------- wrappers
 
 
+REPLAY_MAX_BYTES = 64 * 2**20  # a looped file whose decoded frames fit in this is replayed from memory
+
+
 class Looped(Source):
-    """Replays a finite source from the start when it ends (``--loop``), with increasing frame indices."""
+    """Replays a finite source from the start when it ends (``--loop``), with increasing frame indices.
+
+    A single file (a video, a TIFF stack) whose decoded frames take at most :data:`REPLAY_MAX_BYTES` is read once
+    and then replayed from memory (the shipped clip: 1.6 MB), so an endless demo or soak run does not decode the
+    same pages again and again; a folder is opened again each round (its files may change)."""
 
     def __init__(self, factory: Callable[[], Source]):
         self.factory = factory
@@ -1007,6 +1014,10 @@ class Looped(Source):
         super().__init__(self.inner.spec, self.inner.on_event)
         self.kind, self.fps, self.length = self.inner.kind, self.inner.fps, None
         self.rounds = 1
+        self._kept: list[tuple] | None = [] if self.kind in ("video", "tiff") else None
+        self._kept_bytes = 0
+        self._replay: list[tuple] | None = None  # the first round's frames, once it fitted in memory
+        self._at = 0
 
     def _next(self, take: Callable[[Source], object]):
         got = take(self.inner)
@@ -1019,14 +1030,44 @@ class Looped(Source):
         return got
 
     def _read(self):
+        if self._replay is not None:
+            got = self._replay[self._at]
+            self._at = (self._at + 1) % len(self._replay)
+            if self._at == 0:
+                self.rounds += 1
+            return got
+        rounds = self.rounds
         frame = self._next(lambda s: s.read())
         if frame is None:
             return None
-        return frame.image, frame.order, frame.display, frame.meta, frame.timestamp
+        got = frame.image, frame.order, frame.display, frame.meta, frame.timestamp
+        self._keep(got, ended=self.rounds != rounds)
+        return got
+
+    def _keep(self, got: tuple, ended: bool) -> None:
+        """Keep the first round's frames while they fit; when it ended whole, replay them from now on."""
+        if self._kept is None:
+            return
+        if ended and self._kept:
+            self._replay, self._kept, self._at = self._kept, None, 1  # ``got`` is the first frame again
+            self.inner.close()
+            return
+        self._kept_bytes += sum(a.nbytes for a in got[:3] if isinstance(a, np.ndarray))
+        if self._kept_bytes > REPLAY_MAX_BYTES:
+            self._kept = None  # too big: read from the file each round
+        else:
+            for a in got[:3]:
+                if isinstance(a, np.ndarray):
+                    a.setflags(write=False)  # shared by every round: nothing may draw on it in place
+            self._kept.append(got)
 
     def skip(self) -> bool:
-        if not self._next(lambda s: s.skip()):
-            return False
+        if self._replay is not None:
+            self._read()
+        else:
+            self._kept = None  # a skipped frame is not kept: the first round is not whole
+            if not self._next(lambda s: s.skip()):
+                return False
         self.index += 1
         return True
 

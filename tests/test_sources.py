@@ -177,6 +177,50 @@ def test_loop_replays_a_file_with_growing_indices(tmp_path):
     assert [int(f.image[0, 0]) for f in frames] == [0, 64, 128, 0, 64, 128, 0]
 
 
+def test_loop_replays_a_small_file_from_memory_after_the_first_round(tmp_path, monkeypatch):
+    """The second round does not open the file again: the frames are those of the first, read-only, and the rounds
+    and indices go on; a file over the memory bound, and a folder, are read from disk every round."""
+    import edgeseg.device.sources as sources_module
+
+    path = tmp_path / "three.tif"
+    tifffile.imwrite(path, np.arange(3 * 8 * 8, dtype=np.uint16).reshape(3, 8, 8), photometric="minisblack")
+    opened = []
+    real_tiff = sources_module.TiffStackSource
+
+    class CountedTiff(real_tiff):
+        def __init__(self, *args, **kwargs):
+            opened.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(sources_module, "TiffStackSource", CountedTiff)
+    src = open_source(path, loop=True)
+    frames = [src.read() for _ in range(10)]
+    assert len(opened) == 2  # the first round, and the one whose first read ended it; never again
+    assert [int(f.image[0, 0]) for f in frames] == [0, 64, 128] * 3 + [0]
+    assert [f.index for f in frames] == list(range(10)) and src.rounds == 4
+    assert frames[4].image is frames[1].image and frames[6].image is frames[0].image  # from memory
+    assert not frames[6].image.flags.writeable
+    src.close()
+
+    opened.clear()
+    monkeypatch.setattr(sources_module, "REPLAY_MAX_BYTES", 2 * 8 * 8 * 2)  # two of the three frames fit
+    src = open_source(path, loop=True)
+    frames = [src.read() for _ in range(7)]
+    src.close()
+    assert len(opened) == 3 and [int(f.image[0, 0]) for f in frames] == [0, 64, 128, 0, 64, 128, 0]
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((8, 8), 10 * i, np.uint8))
+    src = open_source(folder, loop=True)
+    first = [src.read() for _ in range(2)]
+    cv2.imwrite(str(folder / "2.png"), np.full((8, 8), 99, np.uint8))  # a file that came meanwhile is seen
+    later = [src.read() for _ in range(3)]
+    src.close()
+    assert [int(f.image[0, 0]) for f in first + later] == [0, 10, 0, 10, 99]
+
+
 def test_pacing_plays_at_the_rate_and_drops_what_a_slow_reader_misses(monkeypatch):
     # on a fake clock (only sleeping moves it): the schedule is exact, whatever the machine's speed
     import edgeseg.device.sources as sources_module
