@@ -5,7 +5,9 @@ drawn at the frame's native size, on the 8-bit RGB frame the Segmenter kept (one
 border, so touching nuclei keep their own); frames smaller than ``min_side`` pixels (a 130x130 time-lapse) are
 then enlarged by an integer factor with nearest neighbour, so each outline becomes a band of whole frame pixels,
 and the text is written on the enlarged image, where it is legible. Drawing first costs the frame's pixels, not
-the enlarged ones (16x fewer for a 130x130 frame). Torch-free.
+the enlarged ones (16x fewer for a 130x130 frame). The recording is enlarged less than the window and the browser
+stream (to RECORD_MIN_SIDE rather than MIN_SIDE: 260x260 for the clip, whose encoding costs a quarter of
+520x520's). Torch-free.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import numpy as np
 from edgeseg.draw import STYLES, corner_lines, draw, draw_nuclei, draw_track_ids, text_block
 from edgeseg.preprocess import to_rgb8
 
-MIN_SIDE = 480  # smaller frames are enlarged to at least this (integer factor)
+MIN_SIDE = 480  # smaller frames are enlarged to at least this (integer factor) in the window and the stream
+RECORD_MIN_SIDE = 256  # and to at least this in the recording (the text stays legible; encoding costs ~ pixels)
 
 
 class RollingFPS:
@@ -63,37 +66,61 @@ def base_image(frame: np.ndarray, order: str = "rgb", channel: str = "auto", sca
 
 
 class Overlay:
-    """Per-run overlay state: style, enlargement for small frames, rolling FPS, caption."""
+    """Per-run overlay state: style, enlargement for small frames, rolling FPS, caption.
+
+    ``min_side`` is the enlargement for what people watch (the window, the browser stream); ``record_min_side``
+    that of the recording, smaller by default: the nuclei are drawn once at the frame's size and each output gets
+    its own integer enlargement, and encoding a 130x130 clip at 2x instead of 4x costs a quarter."""
 
     def __init__(self, style: str = "contours", channel: str = "auto", caption: str | None = None,
-                 min_side: int = MIN_SIDE, fps_window_s: float = 2.0):
+                 min_side: int = MIN_SIDE, fps_window_s: float = 2.0, record_min_side: int | None = RECORD_MIN_SIDE):
         if style not in STYLES:
             raise ValueError(f"unknown overlay style {style!r}; use one of {', '.join(STYLES)}")
         self.style, self.channel, self.caption, self.min_side = style, channel, caption, min_side
+        self.record_min_side = min_side if record_min_side is None else min(record_min_side, min_side)
         self.fps = RollingFPS(fps_window_s)
 
-    def render(self, frame, seg) -> np.ndarray:
-        """A :class:`~edgeseg.device.sources.Frame` and its segmentation -> the BGR overlay image."""
-        if frame.display is not None:
-            base = frame.display
-            if base.ndim == 2:
-                base = cv2.cvtColor(base, cv2.COLOR_GRAY2BGR)
-            scale = display_scale(base.shape, self.min_side)
-            if scale > 1:
-                base = cv2.resize(base, (base.shape[1] * scale, base.shape[0] * scale),
-                                  interpolation=cv2.INTER_NEAREST)
-            return draw(base, seg.labels, seg.count, self.fps.value, style=self.style, caption=self.caption)
+    def render(self, frame, seg, min_side: int | None = None) -> np.ndarray:
+        """A :class:`~edgeseg.device.sources.Frame` and its segmentation -> the BGR overlay image, enlarged to at
+        least ``min_side`` (default: the overlay's ``min_side``)."""
+        side = self.min_side if min_side is None else min_side
+        return self.render_sides(frame, seg, (side,))[side]
+
+    def render_sides(self, frame, seg, sides) -> dict[int, np.ndarray]:
+        """The overlay for each minimum side in ``sides`` (one image per distinct enlargement; the nuclei are drawn
+        once, at the frame's size)."""
+        if frame.display is not None:  # a camera's full-size stream to draw on: drawn for each side
+            return {side: self._on_display(frame.display, seg, side) for side in set(sides)}
         # the Segmenter converted the frame with the run's channel already: draw on that copy, at its size
         base = base_image(frame.image, frame.order, self.channel, rgb=getattr(seg, "rgb", None))
         if seg.labels.shape[:2] != base.shape[:2]:  # labels of another size: draw as the core does
-            base = base_image(frame.image, frame.order, self.channel, display_scale(base.shape, self.min_side),
-                              rgb=getattr(seg, "rgb", None))
-            return draw(base, seg.labels, seg.count, self.fps.value, style=self.style, caption=self.caption)
-        out = draw_nuclei(base, seg.labels, seg.count, self.style)
-        scale = display_scale(out.shape, self.min_side)
-        if scale > 1:
-            out = cv2.resize(out, (out.shape[1] * scale, out.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
-        if getattr(seg, "track_ids", None):  # a tracked run: each nucleus's track id at its centroid
-            draw_track_ids(out, seg.labels, seg.track_ids, scale)
-        text_block(out, corner_lines(seg.count, self.fps.value, self.caption))
+            out = {}
+            for side in set(sides):
+                big = base_image(frame.image, frame.order, self.channel, display_scale(base.shape, side),
+                                 rgb=getattr(seg, "rgb", None))
+                out[side] = draw(big, seg.labels, seg.count, self.fps.value, style=self.style, caption=self.caption)
+            return out
+        drawn = draw_nuclei(base, seg.labels, seg.count, self.style)
+        out, by_scale = {}, {}
+        for side in sides:
+            scale = display_scale(drawn.shape, side)
+            if scale not in by_scale:
+                if scale > 1:
+                    img = cv2.resize(drawn, (drawn.shape[1] * scale, drawn.shape[0] * scale),
+                                     interpolation=cv2.INTER_NEAREST)
+                else:  # the text goes on the image: another output at this scale must not get it twice
+                    img = drawn.copy() if len(set(sides)) > 1 else drawn
+                if getattr(seg, "track_ids", None):  # a tracked run: each nucleus's track id at its centroid
+                    draw_track_ids(img, seg.labels, seg.track_ids, scale)
+                text_block(img, corner_lines(seg.count, self.fps.value, self.caption))
+                by_scale[scale] = img
+            out[side] = by_scale[scale]
         return out
+
+    def _on_display(self, base: np.ndarray, seg, side: int) -> np.ndarray:
+        if base.ndim == 2:
+            base = cv2.cvtColor(base, cv2.COLOR_GRAY2BGR)
+        scale = display_scale(base.shape, side)
+        if scale > 1:
+            base = cv2.resize(base, (base.shape[1] * scale, base.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+        return draw(base, seg.labels, seg.count, self.fps.value, style=self.style, caption=self.caption)

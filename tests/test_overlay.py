@@ -45,6 +45,29 @@ def test_touching_nuclei_keep_their_own_outlines_when_drawn_small_and_enlarged()
     assert np.array_equal(mask[200, 140], mask[201, 141]) and not np.array_equal(mask[200, 140], [40, 40, 40])
 
 
+def test_the_recording_is_enlarged_less_than_the_window_from_the_same_drawing():
+    """A 130x130 frame: 520x520 for the window and the stream, 260x260 for the recording; the same outlines, one
+    frame pixel becoming 4 and 2 output pixels."""
+    frame = np.full((130, 130), 40, np.uint8)
+    labels = np.zeros((130, 130), np.int32)
+    labels[80:100, 80:110] = 1
+    rgb = np.repeat(frame[..., None], 3, 2)
+    seg = Segmentation(labels > 0, labels, 1, np.zeros((1, 256, 256), np.float32), rgb=rgb)
+    overlay = Overlay()
+    assert overlay.record_min_side == 256 and overlay.min_side == 480
+    images = overlay.render_sides(Frame(frame, 0, 0.0), seg, [overlay.record_min_side, overlay.min_side])
+    rec, view = images[256], images[480]
+    assert rec.shape == (260, 260, 3) and view.shape == (520, 520, 3)
+    # away from the text box (top-left), the recording is the window's picture at half the size
+    assert np.array_equal(view[200:, 200:][::2, ::2], rec[100:, 100:])
+    assert np.array_equal(rec[80 * 2, 90 * 2], PALETTE[2]) and np.array_equal(rec[90 * 2, 90 * 2], [40, 40, 40])
+    # both carry the corner text (darkened box)
+    assert (rec[2:20, 2:40] != 40).any() and (view[2:20, 2:40] != 40).any()
+    # the same side twice: one image; a recording side above the window's is capped to it
+    assert len({id(v) for v in overlay.render_sides(Frame(frame, 0, 0.0), seg, [256, 256]).values()}) == 1
+    assert Overlay(min_side=200, record_min_side=400).record_min_side == 200
+
+
 def test_display_stream_is_drawn_on_when_the_source_has_one():
     small = np.zeros((64, 86, 3), np.uint8)
     big = np.full((480, 640, 3), 90, np.uint8)
