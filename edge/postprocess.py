@@ -299,6 +299,28 @@ def grey(image: np.ndarray) -> np.ndarray:
     return image if image.ndim == 2 else image.mean(axis=2)
 
 
+def _grey_at(pixels: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """:func:`grey` of the pixels ``at`` (flat indices) of an image given as (pixels x channels), float64."""
+    return grey(pixels[at][:, None, :]).ravel().astype(np.float64)
+
+
+def _rings(labels: np.ndarray, where: np.ndarray, prob: np.ndarray, width: int,
+           fg_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """The background pixels within ``width`` px of an object (no object on them, foreground probability at most
+    ``fg_threshold``) as (flat indices in raster order, the object each belongs to: the largest label near it).
+    The dilation runs on the objects' bounding box grown by ``width`` (outside it nothing is near an object)."""
+    h, w = labels.shape
+    ys, xs = np.divmod(where[[0, -1]], w)  # first and last rows of the objects (raster order)
+    y0, y1 = max(int(ys[0]) - width, 0), min(int(ys[1]) + width + 1, h)
+    cols = where % w
+    x0, x1 = max(int(cols.min()) - width, 0), min(int(cols.max()) + width + 1, w)
+    box = labels[y0:y1, x0:x1]
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
+    near = cv2.dilate(box.astype(np.float32), disc).astype(np.int64)
+    ry, rx = np.nonzero((near > 0) & (box == 0) & (prob[y0:y1, x0:x1] <= fg_threshold))
+    return (ry + y0) * w + (rx + x0), near[ry, rx]
+
+
 def object_scores(labels: np.ndarray, fg_prob: np.ndarray, image: np.ndarray | None = None,
                   ring_width: int = DEFAULT_RING_WIDTH,
                   fg_threshold: float = DEFAULT_THRESHOLD) -> dict[str, np.ndarray]:
@@ -316,18 +338,21 @@ def object_scores(labels: np.ndarray, fg_prob: np.ndarray, image: np.ndarray | N
     labels = np.asarray(labels)
     n = int(labels.max(initial=0))
     flat = labels.ravel()
-    inside = np.bincount(flat, minlength=n + 1)[1:].astype(np.float64)
-    prob_sum = np.bincount(flat, weights=np.asarray(fg_prob, np.float32).ravel(), minlength=n + 1)[1:]
+    # only the objects' pixels and the rings around them are read: a frame is mostly background. Each sum adds the
+    # same values in the same (raster) order as a whole-frame bincount would, so the scores are the same bits.
+    where = np.flatnonzero(flat)
+    owner_in = flat[where]
+    inside = np.bincount(owner_in, minlength=n + 1)[1:].astype(np.float64)
+    prob = np.asarray(fg_prob)
+    prob_sum = np.bincount(owner_in, weights=prob.ravel()[where].astype(np.float32), minlength=n + 1)[1:]
     confidence = prob_sum / np.maximum(inside, 1)
     contrast = np.full(n, np.nan)
     if image is not None and n:
-        g = grey(image).ravel().astype(np.float64)
-        sum_in = np.bincount(flat, weights=g, minlength=n + 1)[1:]
+        pixels = np.asarray(image).reshape(flat.size, -1)
+        sum_in = np.bincount(owner_in, weights=_grey_at(pixels, where), minlength=n + 1)[1:]
         width = max(int(ring_width), 1)
-        disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
-        near = cv2.dilate(labels.astype(np.float32), disc).astype(np.int64).ravel()
-        ring = np.flatnonzero((near > 0) & (flat == 0) & (np.asarray(fg_prob).ravel() <= fg_threshold))
-        owner, gr = near[ring], g[ring]
+        ring, owner = _rings(labels, where, prob, width, fg_threshold)
+        gr = _grey_at(pixels, ring)
         n_ring = np.bincount(owner, minlength=n + 1)[1:].astype(np.float64)
         s1 = np.bincount(owner, weights=gr, minlength=n + 1)[1:]
         s2 = np.bincount(owner, weights=gr * gr, minlength=n + 1)[1:]

@@ -301,6 +301,43 @@ def test_object_scores_measure_the_ring_around_each_object():
     assert np.isnan(object_scores(labels, probs[0])["contrast"]).all()
 
 
+
+def _scores_over_the_whole_frame(labels, fg_prob, image, width, fg_threshold):
+    """object_scores spelt out on every pixel of the frame (the definition the fast path must equal)."""
+    n = int(labels.max())
+    flat = labels.ravel()
+    inside = np.bincount(flat, minlength=n + 1)[1:].astype(np.float64)
+    confidence = np.bincount(flat, weights=fg_prob.astype(np.float32).ravel(), minlength=n + 1)[1:] / inside
+    g = image.astype(np.float32).mean(axis=2).ravel().astype(np.float64)
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
+    near = cv2.dilate(labels.astype(np.float32), disc).astype(np.int64).ravel()
+    ring = np.flatnonzero((near > 0) & (flat == 0) & (fg_prob.ravel() <= fg_threshold))
+    owner, gr = near[ring], g[ring]
+    n_ring = np.bincount(owner, minlength=n + 1)[1:].astype(np.float64)
+    mean_ring = np.bincount(owner, weights=gr, minlength=n + 1)[1:] / n_ring
+    var = np.bincount(owner, weights=gr * gr, minlength=n + 1)[1:] / n_ring - mean_ring**2
+    mean_in = np.bincount(flat, weights=g, minlength=n + 1)[1:] / inside
+    contrast = np.abs(mean_in - mean_ring) / (np.sqrt(np.maximum(var, 0.0)) + 1.0)
+    return confidence.astype(np.float32), contrast.astype(np.float32)
+
+
+def test_object_scores_read_only_the_objects_and_their_rings_and_equal_the_whole_frame_definition():
+    """Objects scattered over a 480x640 frame, some on its borders: the scores computed on the objects' box and
+    pixels are the very values of the whole-frame definition."""
+    rng = np.random.default_rng(3)
+    labels = np.zeros((480, 640), np.int32)
+    for k, (y, x) in enumerate([(0, 0), (470, 630), (100, 300), (240, 5), (300, 400), (120, 320)], start=1):
+        cv2.circle(labels, (x, y), int(rng.integers(4, 12)), k, -1)
+    labels[150:160, 200:212] = 7  # a square one
+    fg_prob = np.clip(rng.normal(0.3, 0.2, labels.shape), 0, 1).astype(np.float32)
+    fg_prob[labels > 0] = 0.9
+    image = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    for width in (1, 3, 6):
+        got = object_scores(labels, fg_prob, image, ring_width=width, fg_threshold=0.45)
+        confidence, contrast = _scores_over_the_whole_frame(labels, fg_prob, image, width, 0.45)
+        assert np.array_equal(got["confidence"], confidence) and np.array_equal(got["contrast"], contrast)
+    assert got["confidence"].shape == (7,) and np.isfinite(got["contrast"]).all()
+
 def test_the_confidence_filter_drops_objects_the_network_is_unsure_of():
     probs = np.zeros((1, 64, 64), np.float32)
     cv2.circle(probs[0], (16, 32), 8, 0.95, -1)
