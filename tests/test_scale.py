@@ -5,7 +5,15 @@ from conftest import disc_frame
 
 from edgeseg.errors import EdgesegError
 from edgeseg.postprocess import PostprocessConfig
-from edgeseg.scale import SHRINK_TO, ScalePolicy, classical_diameter, nucleus_diameter, nucleus_widths, snapped
+from edgeseg.scale import (
+    SHRINK_TO,
+    ScalePolicy,
+    classical_diameter,
+    nucleus_diameter,
+    nucleus_widths,
+    otsu_diameter,
+    snapped,
+)
 
 
 def policy(**kw) -> ScalePolicy:
@@ -158,3 +166,25 @@ def test_a_small_frame_with_nuclei_far_too_small_is_enlarged_without_the_network
     plan = policy().plan(np.dstack([frame] * 3), never)
     assert plan.source == "classical" and 1.5 < plan.scale <= 2.0
     assert plan.scale == snapped(plan.scale)
+
+
+def test_specks_of_an_enlarged_noisy_frame_do_not_shrink_the_classical_diameter():
+    frame, _ = disc_frame((300, 300), diameter=16, spacing=40)
+    dots = (np.random.default_rng(0).random(frame.shape) < 0.02) & (frame < 100)
+    frame[dots] = 255  # single-pixel specks: smoothed away at x1, blobs of many pixels once enlarged x4
+    rgb = np.dstack([frame] * 3)
+    native = classical_diameter(rgb)
+    assert native == pytest.approx(16, rel=0.1)
+    x4 = cv2.resize(rgb, (1200, 1200), interpolation=cv2.INTER_LINEAR)
+    assert otsu_diameter(x4.mean(axis=2).astype(np.float32)) < native  # the specks' width, not the nuclei's
+    assert classical_diameter(x4) == pytest.approx(4 * native, rel=0.1)
+
+
+def test_an_enlarged_fluorescence_frame_with_almost_no_nuclei_is_resized_without_the_network():
+    def never(_tiles):
+        raise AssertionError("a frame with nothing to measure must not be measured in the network's finer views")
+
+    frame, labels = disc_frame((256, 256), diameter=16, spacing=200)  # one nucleus
+    x4 = cv2.resize(np.dstack([frame] * 3), (1024, 1024), interpolation=cv2.INTER_LINEAR)
+    plan = policy().plan(x4, never)
+    assert labels.max() == 1 and (plan.scale, plan.source, plan.diameter_px) == (None, "estimate", None)
