@@ -19,6 +19,9 @@ overlap the stages of consecutive frames, the network alone in one of them::
     finish thread        Segmenter.finish (postprocess), processors               -> [slot] ->
     caller's thread      overlay, recording hand-over, display, sinks, statistics, JSONL line
 
+With fewer than 4 usable cores the caller's thread does the finish thread's work (``finish_thread``): on 2 cores
+a fourth Python thread costs more in contention for the GIL than its overlap gives.
+
 joined by single-slot hand-overs: a camera's frame that finds the slot full replaces the one waiting there (the
 older frame is dropped and counted: ``dropped_pipeline``), so a camera never waits for a slow consumer and nothing
 queues up; a file's frame waits instead (every frame of a file is processed and recorded). The recorder encodes
@@ -243,6 +246,7 @@ def run_live(
     processors: Sequence = (),
     drop: bool | None = None,
     log_every: int = 1,
+    finish_thread: bool | None = None,
 ) -> RunResult:
     """Run ``seg`` (a :class:`~edgeseg.segmenter.Segmenter`) on every frame of ``source`` until it ends, ``max_frames``
     frames were processed or ``stop`` is set. Always finalises the log (with its summary line), the recording, the
@@ -255,13 +259,19 @@ def run_live(
     dict`` (called right after segmentation; the dict is merged into the frame's log record) and ``close() ->
     dict`` (merged into the summary); one that raises is reported as an event and detached, except for a write that
     failed (:class:`~edgeseg.fsutil.WriteFailed`: a full disk), which stops the run like a failed source. ``log_every``
-    writes one frame line every N frames (the statistics count every frame)."""
+    writes one frame line every N frames (the statistics count every frame). ``finish_thread`` gives the
+    post-processing and the processors a thread of their own (default: with 4 or more usable cores; on 2 cores the
+    output thread does them, which measured 1.06-1.09x faster there: one thread fewer contending for the GIL)."""
     loop = _Loop(seg, source, log or RunLog(None), recorder, display, list(sinks),
                  overlay or Overlay(channel=getattr(seg, "channel", "auto")), max_frames,
                  stop if stop is not None else StopFlag(), info, bool(pipeline), list(processors),
-                 source.live if drop is None else bool(drop))
+                 source.live if drop is None else bool(drop),
+                 usable_cores() >= FINISH_THREAD_CORES if finish_thread is None else bool(finish_thread))
     loop.log_every = max(1, int(log_every))
     return loop.run()
+
+
+FINISH_THREAD_CORES = 4  # from this many usable cores on, post-processing gets a thread of its own
 
 
 POLL_S = 0.05  # how often a stage waiting for a frame looks at the stop flag
@@ -338,14 +348,17 @@ class _Loop:
     """The stages of one run and what they share; :meth:`run` runs them sequentially or pipelined."""
 
     def __init__(self, seg, source, log, recorder, display, sinks, overlay, max_frames, stop, info, pipeline,
-                 processors, drop):
+                 processors, drop, finish_thread=True):
         self.seg, self.source, self.log, self.recorder, self.display = seg, source, log, recorder, display
         self.sinks, self.overlay, self.max_frames, self.stop = sinks, overlay, max_frames, stop
         self.pipeline, self.processors, self.drop = pipeline, processors, drop
         # a Segmenter's three steps (prepare, infer, finish) go to three threads; any other callable runs whole
         self.split = all(callable(getattr(seg, step, None)) for step in ("prepare", "infer", "finish"))
         self.events: list[dict] = []
-        self.run_info = {**getattr(seg, "info", {}), **(info or {}), "pipeline": pipeline}
+        self.finish_thread = bool(finish_thread)
+        # pipeline_threads: the loop's own threads (the recorder's encoder and the network's pool not counted)
+        self.run_info = {**getattr(seg, "info", {}), **(info or {}), "pipeline": pipeline,
+                         "pipeline_threads": (4 if self.finish_thread else 3) if pipeline else 1}
         self.stats = RunStats(self.run_info)
         self.halt = threading.Event()  # the run is over for the stages (max_frames, window, error, stop)
         self.error: Exception | None = None  # the source failed
@@ -506,20 +519,23 @@ class _Loop:
         """Capture + prepare -> [slot] -> network -> [slot] -> finish + processors -> [slot] -> output: the first
         three in threads of their own, the output in the caller's (the display's GUI wants the main thread, and so
         do signals)."""
-        captured, inferred, finished = (_Slot(self.drop, self.halted) for _ in range(3))
-        self.slots = [captured, inferred, finished]
-        stages = (("capture", self._capture_stage, (captured,)),
-                  ("infer", self._step_stage, (self.infer, captured, inferred)),
-                  ("finish", self._step_stage, (self.finish, inferred, finished)))
+        captured, inferred = _Slot(self.drop, self.halted), _Slot(self.drop, self.halted)
+        stages = [("capture", self._capture_stage, (captured,)),
+                  ("infer", self._step_stage, (self.infer, captured, inferred))]
+        last = inferred
+        if self.finish_thread:
+            last = _Slot(self.drop, self.halted)
+            stages.append(("finish", self._step_stage, (self.finish, inferred, last)))
+        self.slots = [captured, inferred, *([last] if self.finish_thread else [])]
         self.threads = [threading.Thread(target=self._guard, args=(stage, *args), daemon=True, name=f"edgeseg-{name}")
                         for name, stage, args in stages]
         for t in self.threads:
             t.start()
         while not self.stop:
-            job = finished.get()
+            job = last.get()
             if job is None:
                 break
-            keep_going = self.output(job)
+            keep_going = self.output(job if self.finish_thread else self.finish(job))
             if not keep_going:
                 self.stopped = "window"
                 break

@@ -623,23 +623,26 @@ def test_pipelined_loop_gives_the_sequential_counts_and_log_schema(tiny_model, t
 
     seg = Segmenter.load(tiny_model)
     runs = {}
-    for pipeline in (False, True):
+    for pipeline in (False, True, "4 threads"):
         log, sink = tmp_path / f"{pipeline}.jsonl", Sink()
-        result = run_live(seg, SyntheticSource((96, 72), 20), log=RunLog(log), sinks=[sink], pipeline=pipeline,
+        result = run_live(seg, SyntheticSource((96, 72), 20), log=RunLog(log), sinks=[sink], pipeline=bool(pipeline),
                           recorder=Recorder(tmp_path / f"{pipeline}.mp4", 10.0, drop=False), processors=[_Areas()],
-                          overlay=Overlay(min_side=96))
-        assert result.stopped == "end" and result.summary["pipeline"] is pipeline
+                          overlay=Overlay(min_side=96), finish_thread=pipeline == "4 threads")
+        assert result.stopped == "end" and result.summary["pipeline"] is bool(pipeline)
         assert sink.indices == list(range(20))  # every frame, in order
         assert video_frame_count(tmp_path / f"{pipeline}.mp4") == 20
         runs[pipeline] = check_log_schema(log)
-    seq, pipe = runs[False], runs[True]
-    assert [(r["index"], r["count"], r["mean_area"]) for r in seq if r["type"] == "frame"] == \
-           [(r["index"], r["count"], r["mean_area"]) for r in pipe if r["type"] == "frame"]
-    assert [r["type"] for r in seq] == [r["type"] for r in pipe]
-    for a, b in zip(seq, pipe, strict=True):
-        assert set(a) == set(b), (a["type"], set(a) ^ set(b))
-    assert pipe[-1]["dropped"] == pipe[-1]["dropped_pipeline"] == 0  # a file: nothing dropped, every frame waits
-    assert pipe[-1]["area_frames"] == seq[-1]["area_frames"] == 20
+    seq = runs[False]
+    assert seq[0]["pipeline_threads"] == 1 and runs[True][0]["pipeline_threads"] in (3, 4)
+    assert runs["4 threads"][0]["pipeline_threads"] == 4
+    for pipe in (runs[True], runs["4 threads"]):
+        assert [(r["index"], r["count"], r["mean_area"]) for r in seq if r["type"] == "frame"] == \
+               [(r["index"], r["count"], r["mean_area"]) for r in pipe if r["type"] == "frame"]
+        assert [r["type"] for r in seq] == [r["type"] for r in pipe]
+        for a, b in zip(seq, pipe, strict=True):
+            assert set(a) == set(b), (a["type"], set(a) ^ set(b))
+        assert pipe[-1]["dropped"] == pipe[-1]["dropped_pipeline"] == 0  # a file: nothing dropped, every frame waits
+        assert pipe[-1]["area_frames"] == seq[-1]["area_frames"] == 20
     # and the shipped model on the shipped clip, when the zoo has it: the counts of the demo do not depend on the loop
     if DEFAULT_RUN_MODEL in ZOO:
         real = Segmenter.load(DEFAULT_RUN_MODEL, remember_scale=True)
@@ -710,7 +713,8 @@ def test_pipelined_loop_drops_the_oldest_frame_when_the_output_is_slow(tiny_mode
     assert [r["dropped"] for r in frames] == sorted(r["dropped"] for r in frames)
 
 
-def test_pipelined_loop_holds_a_file_back_instead_of_dropping(tiny_model, tmp_path):
+@pytest.mark.parametrize("finish_thread, in_flight", [(True, 7), (False, 5)])
+def test_pipelined_loop_holds_a_file_back_instead_of_dropping(tiny_model, tmp_path, finish_thread, in_flight):
     """The same stalled viewer on a file: the source is read only as far as the hand-overs hold (nothing runs ahead,
     nothing queues), then every frame is processed; none is dropped."""
     source = SyntheticSource((64, 64), 12)
@@ -731,7 +735,7 @@ def test_pipelined_loop_holds_a_file_back_instead_of_dropping(tiny_model, tmp_pa
         def publish(self, img, stats):
             if self.n == 0:
                 deadline = time.monotonic() + 60
-                while len(reads) < 7 and time.monotonic() < deadline:  # the pipeline fills up behind the viewer
+                while len(reads) < in_flight and time.monotonic() < deadline:  # it fills up behind the viewer
                     time.sleep(0.005)
                 time.sleep(0.2)  # and reads no further
                 self.ahead = len(reads)
@@ -741,10 +745,12 @@ def test_pipelined_loop_holds_a_file_back_instead_of_dropping(tiny_model, tmp_pa
             pass
 
     viewer = Stalled()
-    result = run_live(Segmenter.load(tiny_model), source, sinks=[viewer], overlay=Overlay(min_side=64))
+    result = run_live(Segmenter.load(tiny_model), source, sinks=[viewer], overlay=Overlay(min_side=64),
+                      finish_thread=finish_thread)
     # frame 0 in the viewer, 1 in the output hand-over, 2 being finished, 3 in the hand-over to it, 4 in the network,
-    # 5 in the hand-over to it, 6 captured and prepared, waiting to be handed over
-    assert viewer.ahead == 7
+    # 5 in the hand-over to it, 6 captured and prepared, waiting to be handed over; without a finish thread the
+    # output thread finishes frame 0 itself: 1 in the hand-over, 2 in the network, 3 waiting, 4 captured
+    assert viewer.ahead == in_flight and result.summary["pipeline_threads"] == (4 if finish_thread else 3)
     assert result.summary["frames"] == 12 and result.summary["dropped"] == 0 and viewer.n == 12
 
 
