@@ -130,7 +130,7 @@ def time_file(path: Path, backend: str, threads: int, x: np.ndarray, iterations:
     from edgeseg.device.bench import time_predictor
     from edgeseg.device.hardware import cpu_snapshot, other_cpu_share
 
-    be = open_backend(path, backend, threads)
+    be = open_backend(path, backend, threads, fallback=False)  # the backend named, never another one's numbers
     try:
         before = cpu_snapshot()
         t = time_predictor(be, x, iterations, warmup)

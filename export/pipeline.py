@@ -405,7 +405,7 @@ def _finish(b: _Build, saver: Saver) -> dict:
 
     card, final, spec = b.card, b.final, b.spec
     saver(card, final)
-    be = open_backend(final)  # executed precision: open the candidate the way the runtime does
+    be = open_backend(final, fallback=False)  # executed precision: open the candidate the way the runtime does
     card["executed_precision"] = be.executed_precision
     card["executed_on"] = _executed_on()
     be.close()
@@ -454,7 +454,7 @@ def _openvino_parity(xml: Path, fp32_onnx: Path, x: np.ndarray) -> dict:
     """OpenVINO (forced to f32 inference) against ONNX Runtime on the same inputs: max |probability diff|."""
     from edgeseg.backends import open_backend
 
-    ov_be = open_backend(xml, "openvino", inference_precision="fp32")
+    ov_be = open_backend(xml, "openvino", inference_precision="fp32", fallback=False)  # OpenVINO itself
     ort_be = open_backend(fp32_onnx, "onnxruntime")
     try:
         d = float(np.max(np.abs(ov_be(x) - ort_be(x))))

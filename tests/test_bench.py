@@ -100,6 +100,19 @@ def test_bench_measures_every_combination_and_failures_become_rows(zoo):
     assert 0.0 <= result["hardware"]["other_cpu_share"] <= 1.0
 
 
+def test_an_openvino_row_that_openvino_cannot_run_is_an_error_not_onnxruntimes_numbers(zoo, monkeypatch):
+    """Where OpenVINO fails on this CPU, `edgeseg run` falls back to ONNX Runtime; a bench must not: its OpenVINO
+    rows say why they failed, and the ONNX Runtime rows are measured as usual."""
+    from edgeseg.backends.openvino_backend import OpenVinoBackend
+
+    real = OpenVinoBackend._run
+    monkeypatch.setattr(OpenVinoBackend, "_run", lambda self, x: real(self, x)[:0])  # an empty batch, as on a Pi 4
+    rows = run_bench(fast(zoo))["rows"]
+    ov = [r for r in rows if r["backend"] == "openvino"]
+    assert len(ov) == 2 and all("OpenVINO returns" in r["error"] and r["fps"] is None for r in ov)
+    assert all(r["fps"] > 0 and not r.get("error") for r in rows if r["backend"] == "onnxruntime")
+
+
 def test_an_unknown_model_fails_with_one_line_listing_the_valid_names(zoo):
     res = CliRunner().invoke(main, ["bench", "--zoo", str(zoo), "--models", "disc,TYPO", "--iterations", "1"])
     assert res.exit_code == 2
