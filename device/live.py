@@ -727,6 +727,9 @@ def run_session(opts: RunOptions, progress: Progress | None = print, sinks: Sequ
     check_run_options(opts)
     check_outputs(opts)  # every folder a measurement output goes to can be written, with room
     processors = measurement(opts)  # before the model opens: bad output options fail first
+    if not opts.sequential and usable_cores() < 2:
+        # one core: the threads only take turns, and handing frames over costs 6-11 % (benchmarks/results/e2e.md)
+        opts = replace(opts, sequential=True)
     if opts.threads is None:
         opts = replace(opts, threads=inference_threads(usable_cores(), pipeline=not opts.sequential))
     opts, chosen = choose_for_run(opts, reporter(progress))  # a network name: the file for this CPU (choose.py)

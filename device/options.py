@@ -90,8 +90,9 @@ class RunOptions:
     log_every: int = _opt(1, "Write one frame line every N frames (the summary still counts every frame) [1].",
                           type=int, metavar="N")
     sequential: bool = _opt(False, "Capture, segment and output one frame after another in one thread instead of "
-                                   "overlapping them in three; --threads then defaults to all cores (overlapped: "
-                                   "half of them, the other stages get the rest).", flags=("--sequential",))
+                                   "overlapping them in 3-4 threads (the default with 2 or more cores); --threads "
+                                   "then defaults to all cores (overlapped: half of them, the other stages get the "
+                                   "rest).", flags=("--sequential",))
 
     @classmethod
     def fields(cls) -> set[str]:

@@ -421,6 +421,14 @@ def test_growing_steps_tells_a_leak_from_a_one_off_step():
     assert _growing_steps(step, 1000, 512) == [1750]
 
 
+def _python_heap() -> int:
+    """Bytes the Python objects hold (tracemalloc), NumPy's array buffers left out: the frames in flight between the
+    pipeline's threads carry their tiles and maps (tens of KiB each), so counting them made the heap swing by
+    hundreds of KiB from one sample to the next; a leak of buffers shows in the RSS instead."""
+    snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.DomainFilter(False, np.lib.tracemalloc_domain)])
+    return sum(stat.size for stat in snapshot.statistics("filename"))
+
+
 def test_soak_thousands_of_frames_without_memory_growth(tiny_model, tmp_path):
     """3,000 frames through the real backend, overlay, log and a sink: between frame 1,000 and frame 3,000 the
     Python heap and the RSS do not climb steadily (one-off steps of an allocator are not a leak)."""
@@ -433,7 +441,7 @@ def test_soak_thousands_of_frames_without_memory_growth(tiny_model, tmp_path):
         def publish(self, img, stats):
             n = stats["frames"]  # frames finished before this one
             if n % 250 == 0:
-                self.samples[n] = (tracemalloc.get_traced_memory()[0], _rss_kib())
+                self.samples[n] = (_python_heap(), _rss_kib())
 
         def close(self):
             pass
@@ -453,13 +461,14 @@ def test_soak_thousands_of_frames_without_memory_growth(tiny_model, tmp_path):
     rss = {n: r for n, (_, r) in probe.samples.items()}
     print(f"heap growth {(heap[3000] - heap[1000]) / 1024:.1f} KiB, RSS {[rss[n] for n in sorted(rss)]} KiB, "
           f"{elapsed:.1f} s")
-    # Python heap: the frames in flight between the three threads (12 KiB each) make a sample swing by tens of KiB
-    # on a busy machine; a leak raises every step, so the median of the eight 250-frame steps stays under 8 KiB
-    # (a leak of 32 bytes a frame or more fails) and the whole stretch under 128 KiB
+    # Python heap (objects, not array buffers): a leak raises every step, so the median of the eight 250-frame steps
+    # stays under 8 KiB (a leak of 32 bytes a frame or more fails)
     points = sorted(n for n in heap if n >= 1000)
     rises = sorted(heap[b] - heap[a] for a, b in zip(points, points[1:], strict=False))
     assert len(rises) == 8 and (rises[3] + rises[4]) / 2 < 8 * 1024, f"the Python heap climbs: steps {rises} B"
-    assert heap[3000] - heap[1000] < 128 * 1024, f"Python heap grew by {(heap[3000] - heap[1000]) / 1024:.1f} KiB"
+    # one-off steps (a cache filled the first time a code path runs, in this process's earlier tests too: up to 63 KiB
+    # seen) are not a leak, but no more than two of them
+    assert sum(r > 16 * 1024 for r in rises) <= 2, f"the Python heap rose by over 16 KiB at most steps: {rises} B"
     # RSS: a leak of 3 KiB a frame or more raises every 250-frame step by over 512 KiB; the pipelined loop's threads
     # may each take a malloc arena once after frame 1,000 (steps of 6-7 MB were seen, on a busy machine), which is
     # at most two steps and a bounded total
@@ -879,6 +888,20 @@ def test_sequential_option_and_default_threads(tiny_model, tmp_path):
     assert res.exit_code == 0, res.output
     lines = check_log_schema(log)
     assert lines[0]["pipeline"] is False and lines[-1]["pipeline"] is False and lines[-1]["frames"] == 5
+
+
+@pytest.mark.parametrize("cores, pipelined", [(1, False), (2, True)])
+def test_one_core_runs_the_sequential_loop_unasked(tiny_model, tmp_path, monkeypatch, cores, pipelined):
+    """On one core the stages can only take turns: the loop is sequential there without --sequential."""
+    import edgeseg.device.live as live_module
+
+    monkeypatch.setattr(live_module, "usable_cores", lambda: cores)
+    log = tmp_path / "c.jsonl"
+    res = cli("run", "--model", str(tiny_model), "--source", "synthetic:64x64:3", "--no-display", "--no-record",
+              "--log", str(log))
+    assert res.exit_code == 0, res.output
+    start = check_log_schema(log)[0]
+    assert start["pipeline"] is pipelined and start["threads"] == 1
 
 
 def test_track_csv_and_ctc_out_write_readable_measurements_and_tracks(tmp_path):
