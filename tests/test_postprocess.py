@@ -385,3 +385,34 @@ def test_stained_frames_get_their_own_instance_step():
         PostprocessConfig(stained={"methd": "cc"})
     with pytest.raises(ValueError, match="unknown post-processing method"):
         PostprocessConfig(stained={"method": "magic"})
+
+
+def test_watershed_on_windows_around_the_nuclei_gives_the_whole_frame_labels(monkeypatch):
+    """A 480x640 frame with a few clumps of touching nuclei (one on the border, one with a small nucleus beside a
+    big one, a lone speck): run on the windows around them or on the whole frame, the labels are the same, numbers
+    included, with and without a boundary map."""
+    import edgeseg.postprocess as pp
+
+    rng = np.random.default_rng(7)
+    labels = np.zeros((480, 640), np.int32)
+    clumps = [[(30, 32), (60, 32)], [(600, 470), (630, 440)], [(300, 200), (326, 214), (312, 236)],
+              [(100, 400), (122, 400)], [(500, 100)]]
+    k = 0
+    for clump in clumps:
+        for x, y in clump:
+            k += 1
+            cv2.circle(labels, (x, y), int(rng.integers(8, 18)), k, -1)
+    labels[250:252, 500:502] = k + 1  # a speck
+    prob = cv2.GaussianBlur((labels > 0).astype(np.float32), (0, 0), 2.0)
+    prob = np.clip(prob + rng.normal(0, 0.05, prob.shape).astype(np.float32), 0, 1)
+    boundary = boundary_of(labels)
+    windows = pp._windows(prob > 0.45)
+    assert windows is not None and len(windows) >= 4  # the clumps lie apart: one window each, or so
+    on_windows = [watershed_instances(prob, b, fg_threshold=0.45, seed_fraction=0.6, min_size=4, min_seed_size=2)
+                  for b in (None, boundary)]
+    monkeypatch.setattr(pp, "_windows", lambda fg: None)
+    whole = [watershed_instances(prob, b, fg_threshold=0.45, seed_fraction=0.6, min_size=4, min_seed_size=2)
+             for b in (None, boundary)]
+    for a, b in zip(on_windows, whole, strict=True):
+        assert a.dtype == b.dtype == np.int32 and np.array_equal(a, b)
+    assert whole[0].max() >= len(clumps) + 3  # the touching nuclei were split
