@@ -8,12 +8,18 @@ For each network, the run named in ``SHIPPED`` is copied to ``edge/zoo/<name>.pt
 weights are stored as float16 to keep the wheel small; they load as float32) and evaluated on the
 canonical DSB2018 test split with the same code as ``edgeseg eval``; the card records the recipe, the
 exact training command, validation and test metrics (overall and per image type) and the licence.
+
+The card's ``postprocess`` is re-chosen here for the checkpoint (the instance step with the best DSB val mAP);
+the object filter and the stained-frame overrides are chosen on the exported file the runtime runs, so after
+``benchmarks/export_zoo.py`` run ``python benchmarks/tune_postprocess.py --models NAME --write`` again (this
+script says so for each network it publishes).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -147,6 +153,8 @@ def main() -> None:
         card = publish(name, Path(find_run(run, a.runs)), half, a.dsb)
         t = card["metrics"]["test"]
         print(json.dumps({"name": name, "recipe": card["recipe"]["name"], "dice_256": round(t["dice_256"], 4)}))
+        print(f"note: {name}'s object filter was reset: after exporting it, run "
+              f"`python benchmarks/tune_postprocess.py --models {name} --write`", file=sys.stderr)
 
 
 if __name__ == "__main__":
