@@ -1176,6 +1176,7 @@ def open_source(
         if index_text and not index_text.isdigit():
             raise SourceError(f"bad camera spec {text!r}", "write picam, picam:1 or picam:0@1280x720")
         main = _parse_size(size_text, "picam") if size_text else DEFAULT_PICAM_MAIN
+        check_frame_size(*main, f"the camera stream {text}", max_pixels)  # before the camera is opened
         return PicameraSource(index, main, model_size, on_event, **camera_options)
     if low.startswith("cam:"):
         if not text[4:].isdigit():

@@ -104,6 +104,12 @@ def test_a_huge_synthetic_source_is_refused_before_its_frames_are_made(model, tm
     assert not (tmp_path / "out").exists()
 
 
+def test_a_picamera_stream_above_max_pixels_is_refused_before_the_camera_opens():
+    """picam@WxH names its main stream's size: checked against --max-pixels before picamera2 is even imported."""
+    with pytest.raises(FrameTooLarge, match="8000x6000"):
+        open_source("picam@8000x6000", max_pixels=25_000_000)
+
+
 def test_max_pixels_applies_to_videos_and_can_be_raised_or_turned_off(model, tmp_path):
     clip = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
