@@ -849,7 +849,7 @@ def summary_text(summary: dict) -> str:
         f"edgeseg run: {what}",
         f"  {summary.get('frames', 0)} frames, {summary.get('dropped', 0)} dropped, "
         f"{fps if fps is not None else '-'} FPS end to end"
-        + (f" (the model alone: {model_fps} FPS)" if model_fps else "")
+        + (f" (its network steps alone: {model_fps} FPS)" if model_fps else "")
         + f"; stopped: {summary.get('stopped')}",
     ]
     if summary.get("frames"):

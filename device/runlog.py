@@ -15,9 +15,10 @@ Every line is one JSON object with a ``type``:
   processor that failed and was detached);
 - ``summary``: the last line: ``frames``, ``dropped``, ``dropped_pipeline``, ``fps`` (frames / wall time),
   ``latency_ms`` (``mean``, ``p50``, ``p90``, ``p99``, ``max``), ``stages_ms`` (per-stage means), ``queue_ms``
-  (mean), ``model_fps`` (1000 / mean inference ms: what the model alone would reach), ``count`` (mean, min,
-  max), ``model``, ``backend``, ``precision``, ``executed_precision``, ``threads``, ``pipeline`` (whether the
-  stages overlapped), ``stopped`` (why the run ended); ``recording_dropped`` when recording.
+  (mean), ``model_fps`` (1000 / mean inference ms: the network's rate inside this run, slower than a bench of
+  the model alone when the other stages share its cores), ``count`` (mean, min, max), ``model``, ``backend``,
+  ``precision``, ``executed_precision``, ``threads``, ``pipeline`` (whether the stages overlapped),
+  ``pipeline_threads``, ``stopped`` (why the run ended); ``recording_dropped`` when recording.
 
 Each line is written with one ``write`` and flushed to the OS at once, so a crash of the process loses
 nothing; a background thread ``fsync``s the file after each new line, so a pulled plug loses at most the
