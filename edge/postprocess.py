@@ -313,10 +313,10 @@ MAX_WINDOWS = 48  # and are at most this many (each costs a few small calls)
 WINDOWS_MIN_PIXELS = 2**17  # on smaller frames (the 130x130 clip, a 256x320 DSB image) the calls cost what they save
 
 
-def _windows(fg: np.ndarray) -> list[tuple[slice, slice]] | None:
-    """Windows that hold all the foreground, each whole connected components with WINDOW_MARGIN pixels of
-    background around them (cut recursively along empty bands of rows and columns at least 2 x WINDOW_MARGIN + 1
-    wide, so grown windows never reach another's foreground); None where they would not save work.
+def _windows(fg: np.ndarray, margin: int = WINDOW_MARGIN) -> list[tuple[slice, slice]] | None:
+    """Windows that hold all the foreground, each whole connected components with ``margin`` pixels of background
+    around them (cut recursively along empty bands of rows and columns at least 2 x ``margin`` + 1 wide, so grown
+    windows never reach another's foreground); None where they would not save work.
 
     Every step of :func:`watershed_instances` is local to a component and a pixel or two around it (the chamfer
     distance to the background, the deepest pixel of a component, the flood inside a ring of unknown pixels, the
@@ -325,7 +325,7 @@ def _windows(fg: np.ndarray) -> list[tuple[slice, slice]] | None:
     h, w = fg.shape
     if h * w < WINDOWS_MIN_PIXELS:
         return None
-    gap = 2 * WINDOW_MARGIN + 1
+    gap = 2 * margin + 1
     todo, boxes = [(0, h, 0, w)], []
     while todo:
         y0, y1, x0, x1 = todo.pop()
@@ -343,8 +343,7 @@ def _windows(fg: np.ndarray) -> list[tuple[slice, slice]] | None:
             at = x0 - int(cols[0]) + int(cols[col_cut[0]]) + 1
             todo += [(y0, y1, x0, at), (y0, y1, at, x1)]
         else:
-            boxes.append((max(y0 - WINDOW_MARGIN, 0), min(y1 + WINDOW_MARGIN, h),
-                          max(x0 - WINDOW_MARGIN, 0), min(x1 + WINDOW_MARGIN, w)))
+            boxes.append((max(y0 - margin, 0), min(y1 + margin, h), max(x0 - margin, 0), min(x1 + margin, w)))
         if len(boxes) + len(todo) > MAX_WINDOWS:
             return None
     if sum((b[1] - b[0]) * (b[3] - b[2]) for b in boxes) > WINDOWS_WORTH * h * w:
@@ -377,18 +376,26 @@ def _grey_at(pixels: np.ndarray, at: np.ndarray) -> np.ndarray:
 def _rings(labels: np.ndarray, where: np.ndarray, prob: np.ndarray, width: int,
            fg_threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """The background pixels within ``width`` px of an object (no object on them, foreground probability at most
-    ``fg_threshold``) as (flat indices in raster order, the object each belongs to: the largest label near it).
-    The dilation runs on the objects' bounding box grown by ``width`` (outside it nothing is near an object)."""
+    ``fg_threshold``) as (flat indices, the object each belongs to: the largest label near it). The dilation runs
+    on the windows around the objects (:func:`_windows`, ``width`` + 1 px of margin: a ring pixel is near the
+    objects of one window only), else on their bounding box grown by ``width``; either way each object's ring
+    pixels come in raster order, so the sums over them add in the whole frame's order."""
     h, w = labels.shape
-    ys, xs = np.divmod(where[[0, -1]], w)  # first and last rows of the objects (raster order)
-    y0, y1 = max(int(ys[0]) - width, 0), min(int(ys[1]) + width + 1, h)
-    cols = where % w
-    x0, x1 = max(int(cols.min()) - width, 0), min(int(cols.max()) + width + 1, w)
-    box = labels[y0:y1, x0:x1]
+    windows = _windows(labels > 0, width + 1)
+    if windows is None:
+        ys, xs = np.divmod(where[[0, -1]], w)  # first and last rows of the objects (raster order)
+        cols = where % w
+        windows = [(slice(max(int(ys[0]) - width, 0), min(int(ys[1]) + width + 1, h)),
+                    slice(max(int(cols.min()) - width, 0), min(int(cols.max()) + width + 1, w)))]
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
-    near = cv2.dilate(box.astype(np.float32), disc).astype(np.int64)
-    ry, rx = np.nonzero((near > 0) & (box == 0) & (prob[y0:y1, x0:x1] <= fg_threshold))
-    return (ry + y0) * w + (rx + x0), near[ry, rx]
+    at, owner = [], []
+    for rows, cols in windows:
+        box = labels[rows, cols]
+        near = cv2.dilate(box.astype(np.float32), disc).astype(np.int64)
+        ry, rx = np.nonzero((near > 0) & (box == 0) & (prob[rows, cols] <= fg_threshold))
+        at.append((ry + rows.start) * w + (rx + cols.start))
+        owner.append(near[ry, rx])
+    return np.concatenate(at), np.concatenate(owner)
 
 
 def object_scores(labels: np.ndarray, fg_prob: np.ndarray, image: np.ndarray | None = None,

@@ -332,7 +332,10 @@ def test_object_scores_read_only_the_objects_and_their_rings_and_equal_the_whole
     fg_prob = np.clip(rng.normal(0.3, 0.2, labels.shape), 0, 1).astype(np.float32)
     fg_prob[labels > 0] = 0.9
     image = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    import edgeseg.postprocess as pp
+
     for width in (1, 3, 6):
+        assert len(pp._windows(labels > 0, width + 1)) >= 4  # the rings are found window by window
         got = object_scores(labels, fg_prob, image, ring_width=width, fg_threshold=0.45)
         confidence, contrast = _scores_over_the_whole_frame(labels, fg_prob, image, width, 0.45)
         assert np.array_equal(got["confidence"], confidence) and np.array_equal(got["contrast"], contrast)
