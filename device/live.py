@@ -419,7 +419,7 @@ class _Loop:
         """Stitching and post-processing, then the processors (a failing one is reported and detached)."""
         job.t_finish = time.perf_counter()
         if self.split:
-            job.result = self.seg.finish(job.prep, job.frame.image.shape[:2])
+            job.result = self.seg.finish(job.prep)
             job.prep = None
         job.t_segged = time.perf_counter()
         if self.processors:

@@ -251,7 +251,7 @@ class Segmenter:
         rgb = to_rgb8(frame, self.channel, order)
         return self._infer([resize_to(rgb, self.input_size)])[0]
 
-    # A frame goes through three steps, which a pipelined run (edgeseg.device.live) puts in three threads:
+    # A frame goes through three steps, which a pipelined run (edgeseg.device.live) overlaps in its threads:
     # prepare (8-bit RGB, the scale plan, resize, tiles, normalisation) -> infer (the network alone) -> finish
     # (stitching, the post-processing). Called one after another they are exactly ``seg(frame)``.
 
@@ -293,11 +293,11 @@ class Segmenter:
             prep.batch = None
         return prep
 
-    def finish(self, prep: Prepared, frame_shape: tuple[int, int] | None = None) -> Segmentation:
+    def finish(self, prep: Prepared) -> Segmentation:
         """Stitching and post-processing: a prepared and inferred frame -> its :class:`Segmentation`."""
         probs, run = self._stitched(prep)
         t1 = time.perf_counter()
-        mask, labels, scores = postprocess_scored(probs, frame_shape or prep.shape, self.post, run["rgb"])
+        mask, labels, scores = postprocess_scored(probs, prep.shape, self.post, run["rgb"])
         timings = dict(run["timings"], postprocess=(time.perf_counter() - t1) * 1e3)
         return Segmentation(mask, labels, int(labels.max(initial=0)), probs, timings, run["tiled"], run["scale"],
                             run["n_tiles"], run["rgb"], run["scale_source"], run["estimated_diameter_px"],
@@ -366,7 +366,7 @@ class Segmenter:
         return probs, len(grid)
 
     def __call__(self, frame: np.ndarray, order: str = "rgb") -> Segmentation:
-        return self.finish(self.infer(self.prepare(frame, order)), frame.shape[:2])
+        return self.finish(self.infer(self.prepare(frame, order)))
 
 
 class Prepared:

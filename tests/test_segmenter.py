@@ -278,3 +278,30 @@ def test_a_network_blind_to_squeezed_nuclei_still_tiles_at_the_training_scale(mo
     result = seg(frame)
     assert result.tiled and result.scale == pytest.approx(0.5, rel=0.25)
     assert result.count == labels.max()
+
+
+def test_prepare_infer_finish_in_a_row_are_the_segmenter_and_hand_the_batch_on_once(model):
+    """The three steps a pipelined run puts in separate threads give what seg(frame) gives, for a resized, a tiled
+    and a padded frame; infer consumes the prepared batch, and finish needs nothing else."""
+    seg = Segmenter.load(model, threads=1)
+    for size, diameter, spacing in (((300, 300), 12, 30), ((1000, 1000), 24, 50), ((130, 130), 12, 26)):
+        frame, labels = disc_frame(size, diameter=diameter, spacing=spacing)
+        prep = seg.prepare(frame)
+        assert (prep.batch is None) == (prep.probs is not None)  # a batch for the network, or the planning's map
+        inferred = seg.infer(prep)
+        assert inferred is prep and prep.batch is None
+        got, whole = seg.finish(prep), seg(frame)
+        assert got.count == whole.count == labels.max()
+        assert np.array_equal(got.labels, whole.labels) and (got.tiled, got.n_tiles) == (whole.tiled, whole.n_tiles)
+
+
+def test_a_new_frame_size_is_settled_in_prepare_before_the_next_frame_is_planned(model):
+    """Pipelined, frame 2 is prepared before frame 1 is finished: the first frame of a size planned at native scale
+    is refined inside prepare, so the remembered plan is there for frame 2, as in the sequential loop."""
+    small, labels = disc_frame((130, 130), diameter=24, spacing=50)  # nuclei twice the training scale: refined
+    seg = Segmenter.load(model, threads=1, remember_scale=True)
+    first = seg.prepare(small)
+    assert first.probs is not None and first.plan.source == "native" and first.plan.scale == pytest.approx(0.5)
+    second = seg.prepare(small)  # before the first is finished
+    assert second.plan.source == "remembered" and second.plan.scale == first.plan.scale
+    assert seg.finish(seg.infer(second)).count == seg.finish(first).count == labels.max()
