@@ -51,7 +51,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgeseg.data import IMAGE_EXTS, read_image
+from edgeseg.data import IMAGE_EXTS, missing_imagecodecs, needs_imagecodecs, read_image
 from edgeseg.errors import DataError, EdgesegError
 
 from .codecs import quiet_opencv as _quiet_opencv
@@ -298,6 +298,8 @@ class TiffStackSource(Source):
             try:
                 self.tif = tifffile.TiffFile(self.path)
             except Exception as exc:  # tifffile raises many kinds on a damaged file
+                if needs_imagecodecs(exc):
+                    raise missing_imagecodecs(self.path, exc) from exc
                 raise SourceError(f"cannot read the TIFF {self.path} ({_reason(exc)})",
                                   "check the file, or export it again") from exc
             try:
@@ -350,6 +352,8 @@ class TiffStackSource(Source):
                     return self.tif.pages[k].asarray()
                 return self.tif.asarray(key=k, series=0)
         except Exception as exc:
+            if needs_imagecodecs(exc):  # not a damaged page: every page needs the codec (exit 3, not 4)
+                raise missing_imagecodecs(self.path, exc) from exc
             raise SourceFailed(
                 f"page {k + 1} of the TIFF {self.path} cannot be read ({_reason(exc)})",
                 "the pages before it were processed; repair or export the file again",

@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, MissingDependency
 
 IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 IMAGE_TYPES = ("fluorescence", "brightfield", "stained")
@@ -49,6 +49,18 @@ class Sample:
         return self.labels > 0
 
 
+def needs_imagecodecs(exc: BaseException) -> bool:
+    """Whether tifffile failed for want of the ``imagecodecs`` package (a compressed TIFF: LZW, Deflate, zstd...)."""
+    return "imagecodecs" in str(exc)
+
+
+def missing_imagecodecs(path: str | os.PathLike, exc: BaseException) -> MissingDependency:
+    """The one-line error (exit code 3, a missing dependency) for a compressed TIFF without ``imagecodecs``."""
+    cause = str(exc).strip().splitlines()[0][:120]
+    return MissingDependency(f"{Path(path).name} is compressed and reading it needs imagecodecs ({cause})",
+                             "pip install imagecodecs (an edgeseg dependency: reinstall edgeseg)")
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as stored: uint8/uint16, gray or RGB(A) in RGB order. Raises DataError if unreadable."""
     path = Path(path)
@@ -58,7 +70,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         try:
             img = tifffile.imread(path)
         except Exception as exc:  # tifffile raises many kinds
-            cause = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""  # e.g. "needs imagecodecs"
+            if needs_imagecodecs(exc):
+                raise missing_imagecodecs(path, exc) from exc
+            cause = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
             raise DataError(
                 f"cannot read {path} ({type(exc).__name__}{': ' + cause if cause else ''})",
                 "replace or remove the file",

@@ -160,6 +160,28 @@ def test_compressed_tiff_stacks_are_read_whole(model, tmp_path, compression):
     assert summary["frames"] == 6 and summary["stopped"] == "end"
 
 
+def test_a_compressed_tiff_without_imagecodecs_is_a_missing_dependency_not_a_broken_file(model, tmp_path,
+                                                                                           monkeypatch):
+    """A broken install without imagecodecs: tifffile cannot decode an LZW page. That is exit 3 (a missing
+    dependency, with the pip line), for the run and for reading the image, not exit 4 (a source that failed)."""
+    from edgeseg.data import read_image
+    from edgeseg.errors import MissingDependency
+
+    stack = tmp_path / "lzw.tif"
+    tifffile.imwrite(stack, random_frames(3), compression="lzw", photometric="minisblack")
+
+    def no_codec(*args, **kwargs):
+        raise ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
+
+    monkeypatch.setattr(tifffile.TiffFile, "asarray", no_codec)
+    monkeypatch.setattr(tifffile, "imread", no_codec)
+    code, _, err = run_cli(*run_args(model, stack, tmp_path / "out"))
+    assert code == 3
+    one_error_line(err, "lzw.tif is compressed and reading it needs imagecodecs", "pip install imagecodecs")
+    with pytest.raises(MissingDependency, match="needs imagecodecs"):
+        read_image(stack)
+
+
 def test_a_truncated_tiff_exits_4_after_the_pages_it_could_read(model, tmp_path):
     stack = tmp_path / "cut.tif"
     tifffile.imwrite(stack, random_frames(N_PAGES), compression="lzw")  # tifffile's own metadata says 48 pages
