@@ -59,10 +59,14 @@ def base_image(frame: np.ndarray, order: str = "rgb", channel: str = "auto", sca
     """Any frame -> the BGR uint8 image the overlay is drawn on, enlarged ``scale`` times; ``rgb``, the frame
     already converted to 8-bit RGB (the Segmentation keeps it), saves converting it again."""
     rgb = to_rgb8(frame, channel, order) if rgb is None else rgb
-    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    if scale > 1:
-        bgr = cv2.resize(bgr, (bgr.shape[1] * scale, bgr.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
-    return bgr
+    return enlarged(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), scale)
+
+
+def enlarged(image: np.ndarray, scale: int) -> np.ndarray:
+    """``image`` enlarged ``scale`` times by nearest neighbour (each pixel a scale x scale block); itself at 1."""
+    if scale <= 1:
+        return image
+    return cv2.resize(image, (image.shape[1] * scale, image.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
 
 
 class Overlay:
@@ -105,11 +109,9 @@ class Overlay:
         for side in sides:
             scale = display_scale(drawn.shape, side)
             if scale not in by_scale:
-                if scale > 1:
-                    img = cv2.resize(drawn, (drawn.shape[1] * scale, drawn.shape[0] * scale),
-                                     interpolation=cv2.INTER_NEAREST)
-                else:  # the text goes on the image: another output at this scale must not get it twice
-                    img = drawn.copy() if len(set(sides)) > 1 else drawn
+                img = enlarged(drawn, scale)
+                if img is drawn and len(set(sides)) > 1:  # the text goes on it: another scale must not get it too
+                    img = drawn.copy()
                 if getattr(seg, "track_ids", None):  # a tracked run: each nucleus's track id at its centroid
                     draw_track_ids(img, seg.labels, seg.track_ids, scale)
                 text_block(img, corner_lines(seg.count, self.fps.value, self.caption))
@@ -120,7 +122,5 @@ class Overlay:
     def _on_display(self, base: np.ndarray, seg, side: int) -> np.ndarray:
         if base.ndim == 2:
             base = cv2.cvtColor(base, cv2.COLOR_GRAY2BGR)
-        scale = display_scale(base.shape, side)
-        if scale > 1:
-            base = cv2.resize(base, (base.shape[1] * scale, base.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+        base = enlarged(base, display_scale(base.shape, side))
         return draw(base, seg.labels, seg.count, self.fps.value, style=self.style, caption=self.caption)
