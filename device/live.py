@@ -520,13 +520,13 @@ class _Loop:
         three in threads of their own, the output in the caller's (the display's GUI wants the main thread, and so
         do signals)."""
         captured, inferred = _Slot(self.drop, self.halted), _Slot(self.drop, self.halted)
+        self.slots = [captured, inferred]
         stages = [("capture", self._capture_stage, (captured,)),
                   ("infer", self._step_stage, (self.infer, captured, inferred))]
-        last = inferred
         if self.finish_thread:
-            last = _Slot(self.drop, self.halted)
-            stages.append(("finish", self._step_stage, (self.finish, inferred, last)))
-        self.slots = [captured, inferred, *([last] if self.finish_thread else [])]
+            self.slots.append(_Slot(self.drop, self.halted))
+            stages.append(("finish", self._step_stage, (self.finish, inferred, self.slots[-1])))
+        last = self.slots[-1]
         self.threads = [threading.Thread(target=self._guard, args=(stage, *args), daemon=True, name=f"edgeseg-{name}")
                         for name, stage, args in stages]
         for t in self.threads:
