@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from common import DSB, RESULTS, cpu_name, fmt, load_average, markdown_table, time_file, write_results
 
-CANDIDATES = ("shuffle_unet", "lite_unet", "lraspp_lite", "mobilenetv2_unet_s")
+CANDIDATES = ("shuffle_unet", "shuffle_unet_px", "lite_unet", "lraspp_lite", "mobilenetv2_unet_s")
 REFERENCE = "fast_scnn"
 SHIPPED = Path(__file__).resolve().parents[1] / "edge" / "zoo" / "fast_scnn-int8.onnx"
 SHIPPED_NAME = "fast_scnn-int8 (shipped)"
@@ -44,6 +44,7 @@ SHIPPED_NAME = "fast_scnn-int8 (shipped)"
 OUTPUT_RESOLUTION = {
     "fast_scnn": "1/8, bilinear x8",
     "shuffle_unet": "full (pixel shuffle from 1/4)",
+    "shuffle_unet_px": "full (pixel shuffle from 1/4, with the input pixels)",
     "lite_unet": "1/2, bilinear x2",
     "lraspp_lite": "1/4, bilinear x4",
     "mobilenetv2_unet_s": "1/2, bilinear x2",

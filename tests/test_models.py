@@ -28,7 +28,7 @@ from edgeseg.train.models import (  # noqa: E402
 WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared/weights/mobilenet_v2_imagenet_features.pth"
 PAPER_ORDER = ["half_unet", "mobilenetv2_unet", "fast_scnn"]
 # the real-time candidates of the "real-time and right" issue, registered after the paper's networks
-CANDIDATES = ["shuffle_unet", "lite_unet", "lraspp_lite", "mobilenetv2_unet_s"]
+CANDIDATES = ["shuffle_unet", "shuffle_unet_px", "lite_unet", "lraspp_lite", "mobilenetv2_unet_s"]
 ALL_MODELS = PAPER_ORDER + CANDIDATES
 
 # name -> (paper's Table 1 count, tolerance, exact count of this implementation)
@@ -40,13 +40,15 @@ PARAMS = {
 # name -> exact count of the candidates (no paper figure to match), and what each extra output channel adds
 CANDIDATE_PARAMS = {
     "shuffle_unet": (194_096, 272),  # pixel-shuffle head: 16 filters (16 weights + bias) per output channel
+    "shuffle_unet_px": (197_088, 528),  # its head reads the 32-channel fuse: 16 filters of 32 weights + bias
     "lite_unet": (192_809, 9),
     "lraspp_lite": (161_659, 107),  # three 1x1 classifiers: 64 + 24 + 16 weights + 3 biases
     "mobilenetv2_unet_s": (262_465, 9),
 }
 # GFLOPs (2 x MACs) at 1x3x256x256, measured when the networks were written
 GFLOPS_256 = {"half_unet": 0.6435, "mobilenetv2_unet": 6.673, "fast_scnn": 0.06399,
-              "shuffle_unet": 0.09300, "lite_unet": 0.09018, "lraspp_lite": 0.1094, "mobilenetv2_unet_s": 0.1619}
+              "shuffle_unet": 0.09300, "shuffle_unet_px": 0.11698,
+              "lite_unet": 0.09018, "lraspp_lite": 0.1094, "mobilenetv2_unet_s": 0.1619}
 
 
 @pytest.fixture(autouse=True)
@@ -108,7 +110,7 @@ def test_candidate_parameter_counts(name):
 
 def test_unknown_name_raises_listing_the_choices():
     expected = ("unknown model 'foo': choose one of half_unet, mobilenetv2_unet, fast_scnn, "
-                "shuffle_unet, lite_unet, lraspp_lite, mobilenetv2_unet_s")
+                "shuffle_unet, shuffle_unet_px, lite_unet, lraspp_lite, mobilenetv2_unet_s")
     with pytest.raises(UnknownModelError) as err:
         build_model("foo")
     assert str(err.value) == expected
