@@ -3,13 +3,15 @@
     python benchmarks/export_zoo.py                          # all three networks (about 20 min on 2 busy cores)
     python benchmarks/export_zoo.py --models fast_scnn       # re-export one network (e.g. after a new checkpoint)
 
-For each network (its PyTorch checkpoint in edge/zoo/) this runs `edgeseg export` (edgeseg.export.export_model)
-for ONNX FP32 and INT8 (x86 target, accuracy guard on the validation split, calibration on 100 training images)
-and OpenVINO FP32, FP16 and INT8, scores every file on the canonical DSB2018 test split (68 images) through the
-runtime's Segmenter (what `edgeseg eval FILE` does), times the bare model (the paper's single 256x256 inference,
-interleaved rounds so that a busy machine slows every variant alike), and ships into edge/zoo/:
+For each network (its PyTorch checkpoint in edge/zoo/) this runs `edgeseg export` (edgeseg.export.export_model) for
+ONNX FP32 and INT8 (x86, arm and x86-no-vnni targets, accuracy guard on the validation split, calibration on 100
+training images) and OpenVINO FP32, FP16 and INT8, scores every file on the canonical DSB2018 test split (68
+images) through the runtime's Segmenter (what `edgeseg eval FILE` does), times the bare model (the paper's single
+256x256 inference, interleaved rounds so that a busy machine slows every variant alike), and ships into edge/zoo/:
 
-* ONNX INT8 of every network (what a device runs);
+* ONNX INT8 of every network (what a device runs), in three flavours: ``x86`` (VNNI and AMX CPUs), ``arm`` and
+  ``x86-no-vnni`` (AVX2 without VNNI), each through the accuracy guard, so that re-exporting a network keeps the
+  file ``edgeseg run --model NETWORK`` picks on every CPU;
 * ONNX FP32 where the file is under 20 MB (the reference `edgeseg bench` compares INT8 with; no tracked file
   over 20 MB, and the wheel stays small): MobileNetV2-UNet's checkpoint is float16, so its FP32 graph is
   stored as exact float16 (13.5 MB instead of 26.5 MB with BatchNorm folded; see torch_to_onnx);
@@ -39,8 +41,17 @@ from edgeseg.fsutil import atomic_write_json, atomic_write_text
 from edgeseg.segmenter import Segmenter
 from edgeseg.zoo import ZOO_DIR, Zoo, resolve_model
 
-NETWORKS = ("half_unet", "mobilenetv2_unet", "fast_scnn", "fast_scnn_he")
-VARIANTS = (("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "int8"))
+NETWORKS = ("half_unet", "mobilenetv2_unet", "fast_scnn", "fast_scnn_he", "shuffle_unet_px")
+# (format, precision, INT8 target): the x86 INT8 file, and the flavours for other CPUs' integer kernels (ONNX
+# Runtime's ARM kernels; AVX2 without VNNI, whose u8 x s8 pairs can saturate: 7-bit weights), which always ship:
+# `edgeseg run --model NETWORK` picks the one made for the CPU it runs on (edgeseg.device.choose)
+VARIANTS = (("onnx", "fp32", "x86"), ("onnx", "int8", "x86"), ("onnx", "int8", "arm"), ("onnx", "int8", "x86-no-vnni"),
+            ("openvino", "fp32", "x86"), ("openvino", "fp16", "x86"), ("openvino", "int8", "x86"))
+
+
+def variant_key(fmt: str, precision: str, target: str) -> str:
+    """``onnx/int8``; a non-x86 INT8 flavour names its target: ``onnx/int8-arm``."""
+    return f"{fmt}/{precision}" + ("" if target == "x86" else f"-{target}")
 SHIP_FP32_BELOW = 20e6  # bytes: no file over 20 MB in the repository
 TIMING_ROUNDS, TIMING_ITERATIONS = 3, 40
 
@@ -69,25 +80,26 @@ def export_network(name: str, data: Path, calib_size: int, max_drop: float, stag
     print(f"== {name}: PyTorch FP32 reference on the test split", flush=True)
     torch_ref = torch_reference(name, data)
     rows = []
-    for fmt, precision in VARIANTS:
-        print(f"== {name}: {fmt} {precision}", flush=True)
+    for fmt, precision, target in VARIANTS:
+        print(f"== {name}: {variant_key(fmt, precision, target)}", flush=True)
         spec = ExportSpec(
             name, fmt, precision, out_dir=stage, calib_data=data, calib_size=calib_size, max_dice_drop=max_drop,
-            test_data=data, command=f"python benchmarks/export_zoo.py --models {name}",
+            target=target, test_data=data, command=f"python benchmarks/export_zoo.py --models {name}",
         )
         report = export_model(spec, progress=lambda line: print("   " + line, flush=True))
         card = read_card(report["path"]).to_dict()  # the written card, as the table reports it
-        rows.append({"format": fmt, "precision": precision, "report": report, "card": card})
+        rows.append({"key": variant_key(fmt, precision, target), "report": report, "card": card})
     print(f"== {name}: model-only timing", flush=True)
     segs = {"torch/fp32": torch_ref["seg"]}
     for r in rows:
-        segs[f"{r['format']}/{r['precision']}"] = Segmenter.load(r["report"]["path"], verify=False)
+        segs[r["key"]] = Segmenter.load(r["report"]["path"], verify=False)
     timings = model_only_timings({k: s.predict for k, s in segs.items()})
     for s in segs.values():
         s.close()
-    by_key = {f"{r['format']}/{r['precision']}": r for r in rows}
+    by_key = {r["key"]: r for r in rows}
     ov_faster = timings["openvino/int8"] < timings["onnx/int8"]
-    ship = {"onnx/int8": True, "onnx/fp32": by_key["onnx/fp32"]["report"]["size_bytes"] < SHIP_FP32_BELOW,
+    ship = {"onnx/int8": True, "onnx/int8-arm": True, "onnx/int8-x86-no-vnni": True,
+            "onnx/fp32": by_key["onnx/fp32"]["report"]["size_bytes"] < SHIP_FP32_BELOW,
             "openvino/int8": ov_faster, "openvino/fp32": False, "openvino/fp16": False}
     torch_dice = torch_ref["test"]["dice_256"]
     table = [{

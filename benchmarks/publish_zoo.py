@@ -42,6 +42,9 @@ SHIPPED = {
     # Fast-SCNN for stained tissue: DSB2018 + MoNuSeg crops at native 40x scale, trained on this CPU. A variant,
     # not the default fast_scnn: the runtime's default model stays free of MoNuSeg's non-commercial licence.
     "fast_scnn_he": ("he_fast_scnn_s10", False),
+    # the real-time network of the "real-time and right" issue, trained on DSB2018 alone (CC0) on this CPU: the
+    # runtime's default
+    "shuffle_unet_px": ("shuffle_unet_px_dsb", False),
 }
 GPU_COMMAND = "PAPER_EPOCHS=50 OURS_EPOCHS=100 LIMIT_S=400 bash benchmarks/gpu/train_zoo.sh"
 DISTILL_COMMAND = ("EPOCHS=100 LIMIT_S=410 bash benchmarks/gpu/train_distill.sh, cut runs finished with "
@@ -61,9 +64,11 @@ def test_metrics(predict, card: dict, dsb: Path) -> dict:
 
 
 def licence(card: dict) -> str:
-    """MoNuSeg's CC BY-NC-SA 4.0 follows every model trained on it (whatever the recipe's label)."""
-    spec = str((card.get("data") or {}).get("spec", "")).lower()
-    return LICENCES["ours" if "monuseg" in spec or card["recipe"]["name"].startswith("ours") else "paper"]
+    """MoNuSeg's CC BY-NC-SA 4.0 follows every model trained on it; a model trained on DSB2018 alone is free,
+    whatever its recipe is called (an "ours-..." recipe on DSB2018 only is not MoNuSeg's)."""
+    data = card.get("data") or {}
+    roots = [str(data.get("spec", ""))] + [str(src.get("root", "")) for src in data.get("sources", [])]
+    return LICENCES["ours" if any("monuseg" in r.lower() for r in roots) else "paper"]
 
 
 #: the GPU box's packed data (benchmarks/gpu/pack_data.py) -> the folders and scales it was made from

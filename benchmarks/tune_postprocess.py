@@ -45,7 +45,7 @@ from common import DSB, MONUSEG, RESULTS, read_json, split_samples, write_result
 from frontier import background_sets, open_seg
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "edge" / "zoo"
-SHIPPED = ("fast_scnn", "fast_scnn_he", "half_unet", "mobilenetv2_unet")
+SHIPPED = ("fast_scnn", "fast_scnn_he", "half_unet", "mobilenetv2_unet", "shuffle_unet_px")
 BACKGROUND_FRAMES_PER_KIND = 2
 MIN_CONFIDENCES = (0.0, 0.6, 0.7, 0.8)
 MIN_CONTRASTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
