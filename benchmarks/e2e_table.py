@@ -2,19 +2,19 @@
 
     python benchmarks/e2e_table.py            # ~15 minutes on a busy 2-core box; writes results/e2e.md and .json
 
-For fast_scnn-int8, half_unet-int8 and mobilenetv2_unet-int8 (ONNX Runtime), on the shipped 130x130 clip and
-on synthetic 640x480 frames, headless and recording (an mp4 in a temporary folder, every frame encoded), this
-runs the real ``edgeseg run`` loop (:func:`edgeseg.device.bench.end_to_end`: ``run_live`` with the overlay drawn,
-no display) in both modes with their default network threads on this machine: ``--sequential`` (one thread, the
-network on all cores) and the pipelined default (capture + preprocess, network, postprocess and output in four
-threads joined by single-slot hand-overs, the recording encoded in a fifth; the network on half the cores). Per
-run: FPS, the stage means in ms and in ms per megapixel, the network's achieved GFLOP/s (the card's GFLOPs per 256x256
-inference x inferences per second), the share of the wall time spent outside the network, and FPS against the
-model alone (the paper's method: consecutive single 256x256 inferences, at the best thread count; for a frame run
-as several tiles, per tile). For fast_scnn-int8 it also sweeps the network's threads in both modes and, under
-``taskset`` with one core, emulates a smaller box. Every configuration runs ``--repeats`` times, interleaved
-round-robin so that a change in the machine's load touches all of them alike; the run with the median FPS is
-reported. The machine, its load average and the issue's targets (met or not) are written with the table.
+For fast_scnn-int8, half_unet-int8 and the runtime's default model (``edgeseg run``'s, ONNX Runtime), on the
+shipped 130x130 clip and on synthetic 640x480 frames, headless and recording (an mp4 in a temporary folder, every
+frame encoded), this runs the real ``edgeseg run`` loop (:func:`edgeseg.device.bench.end_to_end`: ``run_live`` with
+the overlay drawn, no display) in both modes with their default network threads on this machine: ``--sequential``
+(one thread, the network on all cores) and the pipelined default (capture + preprocess, network, postprocess and
+output in four threads joined by single-slot hand-overs, the recording encoded in a fifth; the network on half the
+cores). Per run: FPS, the stage means in ms and in ms per megapixel, the network's achieved GFLOP/s (the card's
+GFLOPs per 256x256 inference x inferences per second), the share of the wall time spent outside the network, and
+FPS against the model alone (the paper's method: consecutive single 256x256 inferences, at the best thread count;
+for a frame run as several tiles, per tile). For fast_scnn-int8 it also sweeps the network's threads in both modes
+and, under ``taskset`` with one core, emulates a smaller box. Every configuration runs ``--repeats`` times,
+interleaved round-robin so that a change in the machine's load touches all of them alike; the run with the median
+FPS is reported. The machine, its load average and the issue's targets (met or not) are written with the table.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ from edgeseg.device.hardware import hardware_report
 from edgeseg.device.live import inference_threads
 from edgeseg.device.runlog import STAGES
 from edgeseg.segmenter import Segmenter
+from edgeseg.zoo import DEFAULT_RUN_MODEL
 
-MODELS = ("fast_scnn-int8", "half_unet-int8", "mobilenetv2_unet-int8")
+MODELS = tuple(dict.fromkeys(("fast_scnn-int8", "half_unet-int8", DEFAULT_RUN_MODEL)))  # and the runtime default
 SWEEP_MODEL = "fast_scnn-int8"
 TARGETS = {"clip_rec": 0.80, "clip_headless": 0.90, "vga_rec": 0.60, "speedup_4": 1.5}
 

@@ -3,7 +3,8 @@
     python benchmarks/table1_side_by_side.py                 # all cores, 100 iterations (the paper's method)
     python benchmarks/table1_side_by_side.py --iterations 20 --zoo /tmp/myzoo --out /tmp/t1   # a quick look
 
-For each network, three rows:
+For each network of the paper, and for the runtime's default network (``edgeseg run``'s model, not in the paper:
+no paper row), three rows:
 
 * **paper**: Table 1 of the paper (Intel Core i9, CPU only, PyTorch 1.13);
 * **ours, PyTorch eager FP32**: the shipped checkpoint measured by the paper's method (100 consecutive single
@@ -43,6 +44,7 @@ from edgeseg.device.bench import (
     usable_cores,
 )
 from edgeseg.device.hardware import BUSY_SHARE, format_report
+from edgeseg.zoo import DEFAULT_RUN_MODEL, Zoo
 
 
 def _m(params) -> str:
@@ -55,17 +57,27 @@ def _what(r: dict) -> str:
     return f"`{Path(r['file']).name}` ({r['backend']}, {prec})"
 
 
+def networks() -> list[str]:
+    """The paper's three networks, then the runtime's default network where it is another one."""
+    ref = Zoo().get(DEFAULT_RUN_MODEL)
+    return list(dict.fromkeys([*PAPER_TABLE1, *([ref.network] if ref else [])]))
+
+
 def table(result: dict, epoch_times: dict) -> tuple[str, list[dict]]:
     """The side-by-side Markdown table and its rows (one dict a network)."""
     per_net = best_per_network(result["rows"])
     t5 = {(r["model"], r["precision"]): r["seconds_per_5_epochs"] for r in epoch_times.get("rows", [])}
     here = machine_line(result["hardware"]["cpu"].get("model"), result["config"]["threads"][0])
     cells, out = [], []
-    for net, p in PAPER_TABLE1.items():
+    for net in networks():
         got = per_net.get(net, {})
         torch_row, best = got.get("torch"), got.get("best")
-        cells.append([p["label"], "paper (Intel Core i9, PyTorch 1.13)", "-", f"{p['params_m']:.3f} M",
-                      f"{p['fps']:.1f}", "-", f"{p['dice']:.4f}", f"{p['time5_s']:.1f} s"])
+        p = PAPER_TABLE1.get(net)
+        if p:
+            cells.append([p["label"], "paper (Intel Core i9, PyTorch 1.13)", "-", f"{p['params_m']:.3f} M",
+                          f"{p['fps']:.1f}", "-", f"{p['dice']:.4f}", f"{p['time5_s']:.1f} s"])
+        else:
+            cells.append([f"{net} (ours: `edgeseg run`'s default)", "not in the paper", "-", "", "", "", "", ""])
         time5 = t5.get((net, "fp32"))
         if torch_row:
             cells.append(["", f"ours, PyTorch eager FP32 ({here})", f"`{Path(torch_row['file']).name}`",
@@ -152,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
 
     out = Path(args.out)
     threads = args.threads or usable_cores()
-    cfg = BenchConfig(models=list(PAPER_TABLE1), backends=["torch", "onnxruntime", "openvino"],
+    cfg = BenchConfig(models=networks(), backends=["torch", "onnxruntime", "openvino"],
                       precisions=args.precisions.split(","), threads=[threads], iterations=args.iterations,
                       warmup=args.warmup, zoo=args.zoo)
     load_before = load_average()

@@ -38,7 +38,7 @@ class RunOptions:
 
     model: str | None = _opt(None, "A network (fast_scnn: the file fastest on this CPU within its accuracy "
                                    "tolerance, calibrated once and cached), a zoo file (fast_scnn-int8) or a model "
-                                   "file (.onnx, .xml; .pt with edgeseg[train]) [fast_scnn-int8].")
+                                   "file (.onnx, .xml; .pt with edgeseg[train]) [shuffle_unet_px-int8].")
     source: str | None = _opt(None, "picam[:N][@WxH], cam:N, a video file, a multi-page TIFF, a folder of images, "
                                     "or synthetic[:WxH[:N]] [the shipped sample clip].")
     backend: str = _opt("auto", "auto: ONNX Runtime for .onnx, OpenVINO for .xml.", choices=BACKEND_CHOICES)

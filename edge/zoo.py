@@ -24,7 +24,8 @@ SAMPLES_DIR = Path(__file__).resolve().parent / "samples"  # data shipped in the
 SAMPLE_DIR = SAMPLES_DIR / "dsb2018_sample"  # 8 DSB2018 test-split images with masks (Kaggle layout)
 SAMPLE_CLIP = SAMPLES_DIR / "clip" / "cancer_cell_migration_crop.tif"  # the demo time-lapse
 FORMATS = {".pt": "torch", ".onnx": "onnx", ".xml": "openvino"}
-DEFAULT_RUN_MODEL = "fast_scnn-int8"  # the model `edgeseg run` uses when none is given
+DEFAULT_RUN_MODEL = "shuffle_unet_px-int8"  # the model `edgeseg run` uses when none is given (DSB2018-only
+# weights, CC0 data: the default stays free of MoNuSeg's non-commercial licence)
 
 
 def variant_name(base: str, fmt: str, precision: str, target: str = "x86") -> str:

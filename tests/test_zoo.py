@@ -76,3 +76,18 @@ def test_a_zoo_name_wins_over_a_same_named_folder(tmp_path, monkeypatch):
         resolve_model(str(tmp_path / "fast_scnn-int8"))
     with pytest.raises(ModelError, match="unknown model 'nope'"):
         resolve_model("nope")
+
+
+def test_the_default_run_model_is_shipped_in_every_int8_flavour_with_weights_free_of_monuseg():
+    from edgeseg.zoo import DEFAULT_RUN_MODEL
+
+    zoo = Zoo()
+    ref = zoo.get(DEFAULT_RUN_MODEL)
+    assert ref is not None and ref.format == "onnx" and ref.precision == "int8"
+    names = {r.name for r in zoo.variants(ref.network, precision="int8")}
+    assert {f"{ref.network}-int8", f"{ref.network}-int8-arm", f"{ref.network}-int8-x86-no-vnni"} <= names
+    card = ref.card.to_dict()
+    roots = [card["data"]["spec"], *(src["root"] for src in card["data"]["sources"])]
+    assert not [r for r in roots if "monuseg" in r.lower()], roots  # MoNuSeg is CC BY-NC-SA: not in the default
+    assert "NC" not in card["licence"], card["licence"]
+    assert card["outputs"] == ["foreground", "boundary"]  # it separates touching nuclei with the seeded watershed

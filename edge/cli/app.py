@@ -15,7 +15,7 @@ def main(debug: bool) -> None:
 
     \b
     Examples:
-      edgeseg run                                  # the shipped clip through fast_scnn-int8, FPS summary
+      edgeseg run                                  # the shipped clip through shuffle_unet_px-int8, FPS summary
       edgeseg run --source picam --serve 0.0.0.0:8080 --token SECRET
       edgeseg models
       edgeseg bench --json bench.json

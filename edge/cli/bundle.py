@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..zoo import DEFAULT_RUN_MODEL
 from .common import json_flag, user_errors, warn
 
 TARGET = click.Choice(["any", "x86", "arm"])
@@ -98,7 +99,7 @@ def install_bundle_cmd(bundle, dest, check, service_unit, service_name, run_args
 @click.argument("host")
 @click.option("--bundle", "bundle_path", type=click.Path(dir_okay=False), default=None,
               help="Bundle to deploy [one made now from --models and --target].")
-@click.option("--models", default="fast_scnn-int8", show_default=True, help="Models for the bundle made now.")
+@click.option("--models", default=DEFAULT_RUN_MODEL, show_default=True, help="Models for the bundle made now.")
 @click.option("--target", type=TARGET, default="any", show_default=True, help="Target of the bundle made now.")
 @click.option("--remote-dir", default="edgeseg", show_default=True,
               help="Folder on the device (relative = under the login folder).")
