@@ -39,6 +39,16 @@ def test_models_json_lists_the_three_networks_with_their_parameter_counts():
     assert all(row["gflops"] > 0 for row in rows.values())
 
 
+def test_models_table_keeps_a_gap_after_the_longest_file_name():
+    r = _run("models")
+    assert r.exit_code == 0
+    lines = [line for line in r.output.splitlines() if "-int8-x86-no-vnni" in line]
+    assert lines
+    for line in lines:
+        name, rest = line.split(" ", 1)
+        assert name.endswith("-x86-no-vnni") and rest.startswith(" ") and rest.split()[0] == "zoo", line
+
+
 def test_eval_json_has_the_contract_fields(trained_run, sample_dir_module):
     r = _run("eval", trained_run, "--data", sample_dir_module, "--split", "all", "--json")
     assert r.exit_code == 0, r.output

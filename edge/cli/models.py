@@ -31,9 +31,10 @@ def models(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"{'name':<28}{'kind':<14}{'format':<10}{'params':>12}{'GFLOPs':>9}  test Dice")
+    width = max([28, *(len(r["name"]) + 2 for r in rows)])  # the longest file name still leaves a gap
+    click.echo(f"{'name':<{width}}{'kind':<14}{'format':<10}{'params':>12}{'GFLOPs':>9}  test Dice")
     for r in rows:
         dice = f"{r['dice']:.4f}" if r.get("dice") is not None else ""
         params = f"{r['params'] / 1e6:.3f} M" if r.get("params") else ""
         gf = f"{r['gflops']:.3f}" if r.get("gflops") is not None else ""
-        click.echo(f"{r['name']:<28}{r['kind']:<14}{r.get('format', '') or '':<10}{params:>12}{gf:>9}  {dice}")
+        click.echo(f"{r['name']:<{width}}{r['kind']:<14}{r.get('format', '') or '':<10}{params:>12}{gf:>9}  {dice}")
