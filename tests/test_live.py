@@ -654,9 +654,10 @@ def test_pipelined_loop_gives_the_sequential_counts_and_log_schema(tiny_model, t
         assert pipe[-1]["area_frames"] == seq[-1]["area_frames"] == 20
     # and the shipped model on the shipped clip, when the zoo has it: the counts of the demo do not depend on the loop
     if DEFAULT_RUN_MODEL in ZOO:
-        real = Segmenter.load(DEFAULT_RUN_MODEL, remember_scale=True)
         counts = {}
-        for pipeline in (False, True):
+        for pipeline in (False, True):  # a Segmenter each, as each `edgeseg run` has: the scale it remembers for a
+            # frame size is learnt from the run's first frames, and a warm one would plan them otherwise
+            real = Segmenter.load(DEFAULT_RUN_MODEL, remember_scale=True)
             log = tmp_path / f"clip-{pipeline}.jsonl"
             run_live(real, open_source(SAMPLE_CLIP, model_size=real.input_size), log=RunLog(log), max_frames=12,
                      pipeline=pipeline)
