@@ -48,12 +48,13 @@ NETWORKS = ("half_unet", "mobilenetv2_unet", "fast_scnn", "fast_scnn_he", "shuff
 VARIANTS = (("onnx", "fp32", "x86"), ("onnx", "int8", "x86"), ("onnx", "int8", "arm"), ("onnx", "int8", "x86-no-vnni"),
             ("openvino", "fp32", "x86"), ("openvino", "fp16", "x86"), ("openvino", "int8", "x86"))
 
+SHIP_FP32_BELOW = 20e6  # bytes: no file over 20 MB in the repository
+TIMING_ROUNDS, TIMING_ITERATIONS = 3, 40
+
 
 def variant_key(fmt: str, precision: str, target: str) -> str:
     """``onnx/int8``; a non-x86 INT8 flavour names its target: ``onnx/int8-arm``."""
     return f"{fmt}/{precision}" + ("" if target == "x86" else f"-{target}")
-SHIP_FP32_BELOW = 20e6  # bytes: no file over 20 MB in the repository
-TIMING_ROUNDS, TIMING_ITERATIONS = 3, 40
 
 
 def torch_reference(name: str, data: Path) -> dict:

@@ -40,12 +40,12 @@ import numpy as np
 from edgeseg.card import ModelCard
 from edgeseg.errors import EdgesegError
 from edgeseg.fsutil import atomic_path, atomic_write_json, atomic_write_text
-from edgeseg.zoo import FORMATS, SAMPLE_DIR, ModelRef, Zoo
+from edgeseg.zoo import DEFAULT_RUN_NETWORK, FORMATS, SAMPLE_DIR, ModelRef, Zoo
 
 from .hardware import cpu_snapshot, hardware_report, other_cpu_share, thermal_sample, usable_cores
 
 SCHEMA = 1
-DEFAULT_MODELS = ("half_unet", "mobilenetv2_unet", "fast_scnn", "shuffle_unet_px")  # the paper's, then the default
+DEFAULT_MODELS = ("half_unet", "mobilenetv2_unet", "fast_scnn", DEFAULT_RUN_NETWORK)  # the paper's, then the default
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_PRECISIONS = ("fp32", "int8")
 DICE_TOLERANCE = 0.01  # the recommendation: the fastest file whose Dice is within this of the best

@@ -24,8 +24,8 @@ SAMPLES_DIR = Path(__file__).resolve().parent / "samples"  # data shipped in the
 SAMPLE_DIR = SAMPLES_DIR / "dsb2018_sample"  # 8 DSB2018 test-split images with masks (Kaggle layout)
 SAMPLE_CLIP = SAMPLES_DIR / "clip" / "cancer_cell_migration_crop.tif"  # the demo time-lapse
 FORMATS = {".pt": "torch", ".onnx": "onnx", ".xml": "openvino"}
-DEFAULT_RUN_MODEL = "shuffle_unet_px-int8"  # the model `edgeseg run` uses when none is given (DSB2018-only
-# weights, CC0 data: the default stays free of MoNuSeg's non-commercial licence)
+DEFAULT_RUN_NETWORK = "shuffle_unet_px"  # the network `edgeseg run` uses when none is given (DSB2018-only
+# weights, CC0 data: the default stays free of MoNuSeg's non-commercial licence) ...
 
 
 def variant_name(base: str, fmt: str, precision: str, target: str = "x86") -> str:
@@ -34,6 +34,9 @@ def variant_name(base: str, fmt: str, precision: str, target: str = "x86") -> st
     if precision == "int8" and target != "x86":
         name += f"-{target}"
     return name + ("-ov" if fmt == "openvino" else "")
+
+
+DEFAULT_RUN_MODEL = variant_name(DEFAULT_RUN_NETWORK, "onnx", "int8")  # ... as its x86 INT8 ONNX file
 
 
 def cpu_family() -> str:
