@@ -66,6 +66,8 @@ from common import (
     write_results,
 )
 
+from edgeseg.train import hard_negatives
+
 REFERENCE = ("fast_scnn", "int8")  # the speed reference: the shipped fast_scnn-int8, same round/backend/threads
 BACKENDS = ("onnxruntime", "openvino")
 SHORT = {"onnxruntime": "ORT", "openvino": "OV"}
@@ -75,8 +77,8 @@ EVAL_BACKEND, EVAL_THREADS = "onnxruntime", 2
 MAGNIFICATIONS = (0.5, 1.0, 2.0, 4.0)
 MAG_TOLERANCE = 0.15
 SEED = 0
-DILATE_PX = 12  # nuclei masks grown by this before inpainting: DSB fluorescence nuclei glow ~8-10 px beyond them
-INPAINT_RADIUS = 5
+DILATE_PX = hard_negatives.DILATE_PX  # nuclei masks grown by this before inpainting
+INPAINT_RADIUS = hard_negatives.INPAINT_RADIUS
 SPECKLE_SIGMA = 0.1  # multiplicative speckle, per pixel
 READ_NOISE = 2.0  # additive Gaussian noise, grey levels
 NOISE_LEVELS = {"dark": 20, "bright": 200}  # flat frame levels (fluorescence-like, brightfield-like)
@@ -300,32 +302,14 @@ def score(path: Path, root: Path, limit: int | None, compare_cc: bool = False) -
 
 # -- 4. background-only frames -------------------------------------------------------------------------------------
 
-def grown(mask: np.ndarray, px: int) -> np.ndarray:
-    """``mask`` (uint8) dilated by a disc of radius ``px``."""
-    return cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1,) * 2))
-
-
 def without_nuclei(sample) -> np.ndarray:
-    """The image with its nuclei and their glow (masks grown by ``DILATE_PX``) inpainted away (Telea), the filled
-    pixels held to the interquartile range of the rest of the background, so that no nucleus-shaped ghost of
-    what glow is left at the hole's rim remains (float32 RGB)."""
-    hole = grown((sample.labels > 0).astype(np.uint8), DILATE_PX)
-    bg = cv2.inpaint(np.ascontiguousarray(sample.image), hole, INPAINT_RADIUS, cv2.INPAINT_TELEA).astype(np.float32)
-    if (hole == 0).any():
-        lo, hi = np.percentile(sample.image[hole == 0], (25, 75), axis=0)
-        bg[hole > 0] = np.clip(bg[hole > 0], lo, hi)
-    return bg
-
-
-def as_uint8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    """The sample's image with its nuclei and their glow inpainted away (float32 RGB)."""
+    return hard_negatives.without_nuclei(sample.image, sample.labels, DILATE_PX)
 
 
 def speckled(bg: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``bg`` with multiplicative speckle (``SPECKLE_SIGMA``) and additive read noise (``READ_NOISE``), uint8."""
-    h, w = bg.shape[:2]
-    speckle = 1.0 + rng.normal(0.0, SPECKLE_SIGMA, (h, w, 1))
-    return as_uint8(bg * speckle + rng.normal(0.0, READ_NOISE, (h, w, 1)))
+    return hard_negatives.speckled(bg, rng, SPECKLE_SIGMA, READ_NOISE)
 
 
 def noise_frame(level: int, kind: str, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -334,14 +318,14 @@ def noise_frame(level: int, kind: str, size: tuple[int, int], rng: np.random.Gen
         x = rng.normal(level, GAUSS_SIGMA, size)
     else:
         x = rng.poisson(level, size).astype(np.float64)
-    return as_uint8(x)
+    return hard_negatives.as_uint8(x)
 
 
 def background_sets(samples: list, per_kind: int) -> dict[str, list[np.ndarray]]:
     """The seeded background-only frames by kind: ``dsb_inpainted``, ``dsb_speckle`` (the same with speckle) and
     ``noise/<level>/<kind>/<h>x<w>``."""
     bgs = [without_nuclei(s) for s in samples]
-    sets = {"dsb_inpainted": [as_uint8(bg) for bg in bgs],
+    sets = {"dsb_inpainted": [hard_negatives.as_uint8(bg) for bg in bgs],
             "dsb_speckle": [speckled(bg, np.random.default_rng([SEED, i])) for i, bg in enumerate(bgs)]}
     for li, (name, level) in enumerate(NOISE_LEVELS.items()):
         for ki, kind in enumerate(("gaussian", "poisson")):

@@ -118,3 +118,61 @@ def test_resume_after_sigkill_mid_run_continues_from_last_checkpoint(sample_dir,
     assert epochs == [1, 2, 3, 4]
     ck = torch.load(out / "last.pt", weights_only=True)
     assert ck["epoch"] == 4 and "optimizer" in ck
+
+
+def test_every_item_becomes_an_empty_target_hard_negative_at_share_one(sample_dir):
+    from edgeseg.train.hard_negatives import HardNegatives
+
+    items = find_items(sample_dir)
+    cached = build_cache(items, 256, progress=False)
+    plain = NucleiDataset(cached, range(len(items)), out_channels=2)
+    hn = HardNegatives()
+    negatives = NucleiDataset(cached, range(len(items)), out_channels=2, hard_negatives=hn, hard_negative_share=1.0)
+    np.random.seed(0)
+    swapped = 0
+    for i in range(len(items)):
+        (x, y), (x0, y0) = negatives[i], plain[i]
+        if hn.background(cached, i) is None:  # too dense to fill: left as it is
+            assert torch.equal(y, y0)
+        else:
+            swapped += 1
+            assert not y.any() and not torch.equal(x, x0)
+    assert swapped >= len(items) // 2
+    none = NucleiDataset(cached, range(len(items)), out_channels=2, hard_negatives=hn, hard_negative_share=0.0)
+    assert all(torch.equal(none[i][1], plain[i][1]) for i in range(len(items)))
+
+
+def test_init_starts_from_the_given_run_and_refuses_another_network(sample_dir, tmp_path):
+    from edgeseg.errors import EdgesegError
+
+    first = tmp_path / "first"
+    Trainer(_cfg(sample_dir, first, epochs=1), progress=False).fit()
+    start = torch.load(first / "best.pt", weights_only=True)
+    tuned = Trainer(_cfg(sample_dir, tmp_path / "tuned", epochs=1, init=str(first)), progress=False)
+    tuned.load_init()
+    assert all(torch.equal(v, start[k]) for k, v in tuned.model.state_dict().items())
+    other = Trainer(_cfg(sample_dir, tmp_path / "other", epochs=1, model="fast_scnn", init=str(first)),
+                    progress=False)
+    with pytest.raises(EdgesegError, match="does not fit fast_scnn"):
+        other.fit()
+
+
+def test_boundary_weight_scales_the_boundary_term_of_the_training_loss(sample_dir, tmp_path):
+    from edgeseg.train.losses import segmentation_loss
+
+    logits, target = torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 4, 4)
+    target[0, 0, :2] = 1
+    target[0, 1, 0] = 1
+    trainer = Trainer(_cfg(sample_dir, tmp_path / "r", out_channels=2, boundary_weight=3.0), progress=False)
+    fg = segmentation_loss(logits[:, :1], target[:, :1])
+    bd = segmentation_loss(logits[:, 1:], target[:, 1:])
+    assert float(trainer.loss_fn(logits, target, None)) == pytest.approx(float(fg + 3.0 * bd), rel=1e-6)
+
+
+def test_keep_last_makes_best_pt_the_last_epoch(sample_dir, tmp_path):
+    out = tmp_path / "run"
+    summary = Trainer(_cfg(sample_dir, out, epochs=2, keep="last"), progress=False).fit()
+    assert summary["best_epoch"] == 2
+    best = torch.load(out / "best.pt", weights_only=True)
+    last = torch.load(out / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, last[k]) for k, v in best.items())

@@ -16,13 +16,20 @@ class NucleiDataset(Dataset):
     """Entries of one or more cached sets; returns (x float32 3xSxS, y float32 CxSxS).
 
     ``entries`` is a list of (cached set, entry index) pairs, or, with ``indices``, one cached set.
+    With ``hard_negatives`` (a :class:`~.hard_negatives.HardNegatives`) and ``hard_negative_share`` p, each item
+    is, with probability p, replaced by a hard negative made from its own image's background, with an empty
+    target (items whose image has too little background stay as they are). The draw uses numpy's global
+    generator, which the trainer seeds every epoch.
     """
 
     def __init__(
-        self, cached: CachedSet | list, indices=None, augment=None, out_channels: int = 1, normalisation=None
+        self, cached: CachedSet | list, indices=None, augment=None, out_channels: int = 1, normalisation=None,
+        hard_negatives=None, hard_negative_share: float = 0.0,
     ):
         self.entries = [(cached, i) for i in indices] if indices is not None else list(cached)
         self.augment = augment
+        self.hard_negatives = hard_negatives
+        self.hard_negative_share = hard_negative_share
         self.out_channels = out_channels
         norm = normalisation or {}
         self.mean = norm.get("mean", (0.485, 0.456, 0.406))
@@ -35,6 +42,10 @@ class NucleiDataset(Dataset):
         cached, i = self.entries[k]
         image = np.asarray(cached.images[i])
         labels = np.asarray(cached.labels[i])
+        if self.hard_negatives is not None and np.random.random() < self.hard_negative_share:
+            negative = self.hard_negatives.sample(cached, i, np.random.default_rng(np.random.randint(2**31)))
+            if negative is not None:
+                image, labels = negative
         if self.augment is not None:
             out = self.augment(image=image, mask=labels)
             image, labels = out["image"], out["mask"]

@@ -68,10 +68,12 @@ class DistillationLoss:
         alpha: float = DEFAULT_ALPHA,
         temperature: float = DEFAULT_TEMPERATURE,
         precision: str = "fp32",
+        boundary_weight: float = 1.0,
     ):
         if alpha < 0:
             raise ValueError("alpha must be >= 0")
         self.alpha, self.temperature, self.precision = float(alpha), float(temperature), precision
+        self.boundary_weight = float(boundary_weight)
         self.teacher = teacher if alpha > 0 else None
         if self.teacher is not None:
             self.teacher.eval()
@@ -93,7 +95,7 @@ class DistillationLoss:
             return self.teacher(x).float()
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        hard = segmentation_loss(logits, target)
+        hard = segmentation_loss(logits, target, self.boundary_weight)
         n = len(logits)
         self._sums["hard"] += float(hard.detach()) * n
         self._sums["n"] += n
@@ -161,7 +163,7 @@ def distill(
     net, info = (None, {"teacher": None})
     if alpha > 0:
         net, info = load_teacher(teacher, cfg)
-    loss = DistillationLoss(net, alpha, temperature, cfg.precision)
+    loss = DistillationLoss(net, alpha, temperature, cfg.precision, cfg.boundary_weight)
     extra = dict(cfg.extra)
     extra["loss"] = "bce+dice+kd" if alpha > 0 else "bce+dice"
     extra["distillation"] = {

@@ -40,6 +40,7 @@ from edgeseg.split import make_split, select, split_hash
 
 from .augment import build_augmentation
 from .dataset import NucleiDataset
+from .hard_negatives import HardNegatives
 from .losses import segmentation_loss
 from .models import build_model, count_params, gflops
 
@@ -67,6 +68,10 @@ class TrainConfig:
     mask_fixes: str | None = None
     num_workers: int = 0
     recipe: str = "paper"
+    boundary_weight: float = 1.0  # weight of the boundary channel's BCE + Dice against the foreground's
+    hard_negatives: float = 0.0  # share of training items replaced by a hard negative (see hard_negatives.py)
+    init: str | None = None  # start from these weights (a run folder's best.pt, or a .pt): fine-tuning
+    keep: str = "best"  # best: best.pt is the best-validation-Dice epoch | last: the last epoch
     command: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -195,7 +200,7 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.progress = progress
-        self.loss_fn = loss_fn or (lambda logits, y, x: segmentation_loss(logits, y))
+        self.loss_fn = loss_fn or (lambda logits, y, x: segmentation_loss(logits, y, cfg.boundary_weight))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = _device(cfg.device)
@@ -211,6 +216,7 @@ class Trainer:
         if cfg.precision == "bf16":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.hard_negatives = HardNegatives() if cfg.hard_negatives > 0 else None
         self.start_epoch, self.best_dice, self.best_epoch = 1, -1.0, 0
 
     # -- epochs ---------------------------------------------------------------------------------
@@ -228,7 +234,9 @@ class Trainer:
 
     def _loader(self, entries, augment: bool, shuffle: bool, epoch: int) -> DataLoader:
         aug = build_augmentation(self.cfg.augment, self.cfg.size) if augment else None
-        ds = NucleiDataset(entries, None, aug, self.cfg.out_channels, DEFAULT_NORMALISATION)
+        ds = NucleiDataset(entries, None, aug, self.cfg.out_channels, DEFAULT_NORMALISATION,
+                           hard_negatives=self.hard_negatives if augment else None,
+                           hard_negative_share=self.cfg.hard_negatives)
         g = torch.Generator().manual_seed(self.cfg.seed + epoch)
         return DataLoader(
             ds,
@@ -336,6 +344,24 @@ class Trainer:
             ]
             log.write_text("".join(k + "\n" for k in keep))
 
+    def load_init(self) -> None:
+        """Start from ``cfg.init``'s weights: a run folder (its best.pt) or a .pt (a state dict, or a checkpoint
+        with a "model" entry). Only the weights: the optimiser and the schedule start afresh."""
+        path = Path(self.cfg.init)
+        if path.is_dir():
+            path = path / "best.pt"
+        if not path.is_file():
+            raise EdgesegError(f"no weights to start from at {path}", "pass --init a run folder or a .pt file")
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        state = state.get("model", state) if isinstance(state, dict) else state
+        try:
+            self.model.load_state_dict(state)
+        except RuntimeError as e:
+            raise EdgesegError(
+                f"{path} does not fit {self.cfg.model} with {self.cfg.out_channels} outputs "
+                f"({str(e).splitlines()[0]})", "pass --init weights of the same network and head"
+            ) from None
+
     # -- the run --------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
         cfg = self.cfg
@@ -345,6 +371,8 @@ class Trainer:
             raise EdgesegError(
                 f"{self.out} already holds a run", "pass --resume to continue it or choose another --out"
             )
+        elif cfg.init:
+            self.load_init()
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(
             self.out / "config.json",
@@ -373,7 +401,7 @@ class Trainer:
                     train_s = time.perf_counter() - t0
                     val_loss, per_source = self.validate_sources()
                     val_dice = float(np.mean(list(per_source.values())))
-                    if val_dice > self.best_dice:
+                    if val_dice > self.best_dice or cfg.keep == "last":
                         self.best_dice, self.best_epoch = val_dice, epoch
                         self._save(self.out / "best.pt", self.model.state_dict())
                     row = {
@@ -467,6 +495,10 @@ class Trainer:
                 "schedule": cfg.schedule,
                 "precision": cfg.precision,
                 "encoder_weights": cfg.encoder_weights,
+                "boundary_weight": cfg.boundary_weight,
+                "hard_negatives": cfg.hard_negatives,
+                "init": cfg.init,
+                "keep": cfg.keep,
                 "loss": "bce+dice",
                 **cfg.extra,
             },

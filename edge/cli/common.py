@@ -135,5 +135,15 @@ def training_options(*, out_help: str, augment: str, schedule: str, warmup_epoch
         click.option("--mask-fixes", type=click.Path(), default=None,
                      help="Folder of corrected masks (stage1_train_fixes)."),
         click.option("--workers", default=0, show_default=True, help="Data-loading worker processes."),
+        click.option("--boundary-weight", default=1.0, show_default=True,
+                     help="Weight of the boundary output's loss against the foreground's (with --instance)."),
+        click.option("--hard-negatives", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+                     help="Share of training items replaced by a nucleus-free frame made from their own background "
+                     "(inpainted; plain, speckle, haze or debris), with an empty target."),
+        click.option("--init", type=click.Path(exists=True), default=None,
+                     help="Start from these weights (a run folder or a .pt) instead of from scratch: fine-tuning."),
+        click.option("--keep", type=click.Choice(["best", "last"]), default="best", show_default=True,
+                     help="Which epoch best.pt holds: the best validation Dice, or the last (fine-tuning with "
+                     "--hard-negatives, whose negatives validation Dice does not see)."),
         click.option("--recipe", default=recipe, show_default=True, help="Label of the recipe, recorded in the card."),
     )
