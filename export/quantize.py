@@ -2,8 +2,11 @@
 
 Each converter takes one *strategy* from a ladder that the accuracy guard climbs (see :mod:`.guard`):
 
-ONNX (static QDQ, MinMax calibration, after ``quant_pre_process``):
+ONNX (static QDQ, after ``quant_pre_process``; MinMax calibration unless the strategy says otherwise):
   ``per-tensor``               one scale per weight tensor (the fastest, least accurate)
+  ``per-tensor+percentile``    the same graph and speed, activation ranges from the 99.99th percentile of the
+                               calibration values instead of their extremes (a few outlying activations no longer
+                               stretch a tensor's scale over the values that matter)
   ``per-channel``              one scale per output channel of each weight
   ``per-channel+float-ends``   per-channel, and the first convolution and the output head (the last convolution
                                and everything after it: resize, sigmoid, slices) stay in float
@@ -33,7 +36,8 @@ from edgeseg.errors import EdgesegError
 
 from .calibration import CalibrationSet
 
-ONNX_STRATEGIES = ("per-tensor", "per-channel", "per-channel+float-ends")
+ONNX_STRATEGIES = ("per-tensor", "per-tensor+percentile", "per-channel", "per-channel+float-ends")
+CALIB_PERCENTILE = 99.99  # per-tensor+percentile: the share of calibration values each activation range covers
 OPENVINO_STRATEGIES = ("default", "mixed+float-ends", "accuracy-control")
 TARGETS = ("x86", "x86-no-vnni", "arm")
 
@@ -95,6 +99,7 @@ def quantize_onnx(
         warnings.simplefilter("ignore")
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)  # ONNX shape inference suffices for CNNs
     exclude = onnx_float_ends(onnx.load(str(pre))) if strategy.endswith("float-ends") else []
+    per_channel, percentile = strategy.startswith("per-channel"), strategy.endswith("percentile")
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -110,9 +115,10 @@ def quantize_onnx(
             str(out_path),
             Reader(),
             quant_format=QuantFormat.QDQ,
-            per_channel=strategy != "per-tensor",
-            calibrate_method=CalibrationMethod.MinMax,
+            per_channel=per_channel,
+            calibrate_method=CalibrationMethod.Percentile if percentile else CalibrationMethod.MinMax,
             nodes_to_exclude=exclude or None,
+            extra_options={"CalibPercentile": CALIB_PERCENTILE} if percentile else None,
             **settings,
         )
     finally:
@@ -122,12 +128,12 @@ def quantize_onnx(
     return {
         "tool": "onnxruntime.quantization.quantize_static (after quant_pre_process, skip_symbolic_shape)",
         "format": "QDQ",
-        "calibrate_method": "MinMax",
+        "calibrate_method": f"Percentile {CALIB_PERCENTILE}" if percentile else "MinMax",
         "target": target,
         "activation_type": settings["activation_type"].name,
         "weight_type": settings["weight_type"].name,
         "reduce_range": settings["reduce_range"],
-        "per_channel": strategy != "per-tensor",
+        "per_channel": per_channel,
         "float_nodes": exclude,
     }
 

@@ -441,3 +441,39 @@ def test_openvino_int8_export_through_nncf(tmp_path, adhoc_data):
     import openvino as ov
 
     assert any(op.get_type_name() == "FakeQuantize" for op in ov.Core().read_model(str(xml)).get_ops())
+
+
+def test_percentile_calibration_keeps_one_outlier_from_stretching_an_activation_scale(tmp_path):
+    """A 1x1 conv that copies its input: one calibration image holds a single huge pixel. MinMax's scale covers
+    it; the per-tensor+percentile rung's scale covers the values that matter, and its file is as fast a graph."""
+    from onnx import helper, numpy_helper
+
+    from edgeseg.export.calibration import CalibrationSet
+    from edgeseg.export.quantize import ONNX_STRATEGIES, quantize_onnx
+
+    assert ONNX_STRATEGIES.index("per-tensor+percentile") == 1  # just after plain per-tensor: the same speed
+    w = numpy_helper.from_array(np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["y"]), helper.make_node("Relu", ["y"], ["out"])], "copy",
+        [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, 64, 64])],
+        [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, 3, 64, 64])], [w])
+    fp32 = tmp_path / "copy.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(fp32))
+    x = np.random.default_rng(0).uniform(0, 1, (8, 3, 64, 64)).astype(np.float32)
+    x[3, 0, 10, 10] = 1000.0
+    calib = CalibrationSet(x, [f"im{i}" for i in range(8)])
+
+    def input_scale(strategy: str) -> float:
+        out = tmp_path / f"{strategy}.onnx"
+        settings = quantize_onnx(fp32, out, calib, strategy=strategy, work_dir=tmp_path)
+        model = onnx.load(str(out))
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "image")
+        return float(inits[q.input[1]]), settings
+
+    minmax, s1 = input_scale("per-tensor")
+    pct, s2 = input_scale("per-tensor+percentile")
+    assert s1["calibrate_method"] == "MinMax" and s2["calibrate_method"].startswith("Percentile")
+    assert not s2["per_channel"]
+    assert minmax == pytest.approx(1000.0 / 255, rel=0.01)
+    assert pct < 1.5 / 255  # the 0-1 values get the whole uint8 range
