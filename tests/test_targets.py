@@ -1,7 +1,7 @@
 import cv2
 import numpy as np
 
-from edgeseg.train.targets import boundary_map, make_targets
+from edgeseg.train.targets import boundary_map, contact_map, make_targets
 
 
 def _touching_discs(n=3, r=10, gap=-2):
@@ -39,3 +39,29 @@ def test_make_targets_stacks_foreground_and_boundary():
     assert np.array_equal(t[0] > 0, labels > 0)
     assert np.array_equal(t[1] > 0, boundary_map(labels))
     assert make_targets(labels).shape == (1, *labels.shape)
+
+
+def test_contact_marks_where_nuclei_touch_and_the_gap_between_them_but_not_the_outer_rim():
+    touching = _touching_discs(2, gap=0)
+    c = contact_map(touching, width=2)
+    row = touching[20]
+    meet = int(np.flatnonzero(np.diff(row) != 0)[1])
+    assert c[20, meet] and c[20, meet + 1]
+    assert not c[20, np.flatnonzero(row)[0]] and not c[20, np.flatnonzero(row)[-1]]  # rim against background
+    assert c.sum() < boundary_map(touching).sum() / 3
+    gap = _touching_discs(2, gap=2)  # a 1-px background gap between the two on the centre row
+    g = contact_map(gap, width=2)
+    gap_px = np.flatnonzero(gap[20] == 0)
+    inner = gap_px[(gap_px > 15) & (gap_px < 15 + 22)]
+    assert len(inner) >= 1 and g[20, inner].all()  # the background gap itself is a contact
+    alone = np.zeros((30, 30), np.int32)
+    cv2.circle(alone, (15, 15), 8, 1, -1)
+    assert not contact_map(alone).any()
+
+
+def test_make_targets_adds_the_contact_weight_plane():
+    labels = _touching_discs(2, gap=0)
+    t = make_targets(labels, out_channels=2, contact_weight=4.0)
+    assert t.shape == (3, *labels.shape)
+    assert set(np.unique(t[2])) == {1.0, 5.0}
+    assert np.array_equal(t[2] == 5.0, contact_map(labels))

@@ -176,3 +176,20 @@ def test_keep_last_makes_best_pt_the_last_epoch(sample_dir, tmp_path):
     best = torch.load(out / "best.pt", weights_only=True)
     last = torch.load(out / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(v, last[k]) for k, v in best.items())
+
+
+def test_a_weight_plane_in_the_target_weighs_the_cross_entropy_of_both_outputs():
+    from edgeseg.train.losses import segmentation_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 2, 8, 8)
+    target = (torch.rand(2, 2, 8, 8) > 0.5).float()
+    ones = torch.ones(2, 1, 8, 8)
+    assert float(segmentation_loss(logits, torch.cat([target, ones], 1))) == pytest.approx(
+        float(segmentation_loss(logits, target)), rel=1e-6)
+    w = torch.ones(2, 1, 8, 8)
+    w[:, :, :4] = 3.0  # the top half counts three times
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    expected_bce = float(((bce[:, :1] * w).sum() / w.sum()) + ((bce[:, 1:] * w).sum() / w.sum()))
+    dices = float(soft_dice_loss(logits[:, :1], target[:, :1]) + soft_dice_loss(logits[:, 1:], target[:, 1:]))
+    assert float(segmentation_loss(logits, torch.cat([target, w], 1))) == pytest.approx(expected_bce + dices, rel=1e-5)

@@ -24,12 +24,13 @@ class NucleiDataset(Dataset):
 
     def __init__(
         self, cached: CachedSet | list, indices=None, augment=None, out_channels: int = 1, normalisation=None,
-        hard_negatives=None, hard_negative_share: float = 0.0,
+        hard_negatives=None, hard_negative_share: float = 0.0, contact_weight: float = 0.0,
     ):
         self.entries = [(cached, i) for i in indices] if indices is not None else list(cached)
         self.augment = augment
         self.hard_negatives = hard_negatives
         self.hard_negative_share = hard_negative_share
+        self.contact_weight = contact_weight
         self.out_channels = out_channels
         norm = normalisation or {}
         self.mean = norm.get("mean", (0.485, 0.456, 0.406))
@@ -50,5 +51,5 @@ class NucleiDataset(Dataset):
             out = self.augment(image=image, mask=labels)
             image, labels = out["image"], out["mask"]
         x = normalise(image, self.mean, self.std)
-        y = make_targets(labels, self.out_channels)
+        y = make_targets(labels, self.out_channels, contact_weight=self.contact_weight)
         return torch.from_numpy(x), torch.from_numpy(y)

@@ -69,6 +69,7 @@ class TrainConfig:
     num_workers: int = 0
     recipe: str = "paper"
     boundary_weight: float = 1.0  # weight of the boundary channel's BCE + Dice against the foreground's
+    contact_weight: float = 0.0  # extra cross-entropy weight where nuclei touch (targets.contact_map); 0: none
     hard_negatives: float = 0.0  # share of training items replaced by a hard negative (see hard_negatives.py)
     init: str | None = None  # start from these weights (a run folder's best.pt, or a .pt): fine-tuning
     keep: str = "best"  # best: best.pt is the best-validation-Dice epoch | last: the last epoch
@@ -236,7 +237,8 @@ class Trainer:
         aug = build_augmentation(self.cfg.augment, self.cfg.size) if augment else None
         ds = NucleiDataset(entries, None, aug, self.cfg.out_channels, DEFAULT_NORMALISATION,
                            hard_negatives=self.hard_negatives if augment else None,
-                           hard_negative_share=self.cfg.hard_negatives)
+                           hard_negative_share=self.cfg.hard_negatives,
+                           contact_weight=self.cfg.contact_weight if augment else 0.0)
         g = torch.Generator().manual_seed(self.cfg.seed + epoch)
         return DataLoader(
             ds,
@@ -496,6 +498,7 @@ class Trainer:
                 "precision": cfg.precision,
                 "encoder_weights": cfg.encoder_weights,
                 "boundary_weight": cfg.boundary_weight,
+                "contact_weight": cfg.contact_weight,
                 "hard_negatives": cfg.hard_negatives,
                 "init": cfg.init,
                 "keep": cfg.keep,

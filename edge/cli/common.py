@@ -137,6 +137,8 @@ def training_options(*, out_help: str, augment: str, schedule: str, warmup_epoch
         click.option("--workers", default=0, show_default=True, help="Data-loading worker processes."),
         click.option("--boundary-weight", default=1.0, show_default=True,
                      help="Weight of the boundary output's loss against the foreground's (with --instance)."),
+        click.option("--contact-weight", default=0.0, show_default=True,
+                     help="Extra cross-entropy weight on the pixels where two nuclei touch (U-Net's weight map)."),
         click.option("--hard-negatives", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
                      help="Share of training items replaced by a nucleus-free frame made from their own background "
                      "(inpainted; plain, speckle, haze or debris), with an empty target."),
