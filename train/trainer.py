@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from edgeseg.cache import build_cache
-from edgeseg.card import new_card, write_card
+from edgeseg.card import new_card, read_card, write_card
 from edgeseg.data import find_items
 from edgeseg.errors import DataError, EdgesegError
 from edgeseg.evaluate import choose_threshold, mean_dice_at
@@ -359,9 +359,14 @@ class Trainer:
         try:
             self.model.load_state_dict(state)
         except RuntimeError as e:
+            try:  # say what the weights are, when their card says it
+                card = read_card(path, verify=False)
+                held = f"holds {card.arch} with {card.out_channels} output(s)"
+            except EdgesegError:
+                held = f"does not load ({str(e).splitlines()[0].rstrip(':')})"
             raise EdgesegError(
-                f"{path} does not fit {self.cfg.model} with {self.cfg.out_channels} outputs "
-                f"({str(e).splitlines()[0]})", "pass --init weights of the same network and head"
+                f"{path} {held}, not {self.cfg.model} with {self.cfg.out_channels}",
+                "pass --init weights of the same network and head (--instance for 2 outputs)",
             ) from None
 
     # -- the run --------------------------------------------------------------------------------
