@@ -28,17 +28,13 @@ from pathlib import Path
 
 import numpy as np
 from common import DSB, MONUSEG, RESULTS, find_run, fmt, markdown_table, split_samples, write_results
-from frontier import background_sets, counts, lscpu
+from frontier import background_sets, counts, lscpu, say
 
 NAMES = ("shuffle_unet_px_dsb300", "shuffle_unet_px_dsb300_hn", "shuffle_unet_px_hn", "shuffle_unet_px_hnb2",
          "shuffle_unet_px_hn_ours", "shuffle_unet_px_hn_lr1", "shuffle_unet_px_dsb300_hn_c3",
          "shuffle_unet_px_dsb300_hn_c8")
 SHIPPED_CARD = Path(__file__).resolve().parents[1] / "edge" / "zoo" / "shuffle_unet_px.card.json"
 BACKGROUND_KINDS = ("dsb_inpainted", "dsb_speckle")
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def export(run: str, postprocess: dict, training_scale: dict, work: Path) -> Path:

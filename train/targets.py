@@ -6,6 +6,11 @@ import cv2
 import numpy as np
 
 
+def _window(width: int) -> np.ndarray:
+    """The square neighbourhood within ``width`` px (3x3 at the least) of the boundary and contact maps."""
+    return np.ones((2 * width - 1, 2 * width - 1), np.uint8) if width > 1 else np.ones((3, 3), np.uint8)
+
+
 def boundary_map(labels: np.ndarray, width: int = 2) -> np.ndarray:
     """Pixels of a nucleus within ``width`` px of another label or the background (bool HxW).
 
@@ -13,7 +18,7 @@ def boundary_map(labels: np.ndarray, width: int = 2) -> np.ndarray:
     leaves one seed per nucleus.
     """
     lab = labels.astype(np.float32)  # exact for labels < 2**24
-    k = np.ones((2 * width - 1, 2 * width - 1), np.uint8) if width > 1 else np.ones((3, 3), np.uint8)
+    k = _window(width)
     hi = cv2.dilate(lab, k)
     lo = cv2.erode(lab, k)
     return (labels > 0) & (hi != lo)
@@ -23,7 +28,7 @@ def contact_map(labels: np.ndarray, width: int = 2) -> np.ndarray:
     """Where two nuclei meet (bool HxW): nucleus pixels within ``width`` px of *another* nucleus, and background
     pixels within ``width`` px of two different nuclei (the thin gaps between them). A nucleus's rim against the
     background is not a contact: this is the part of :func:`boundary_map` that separates touching nuclei."""
-    k = np.ones((2 * width - 1, 2 * width - 1), np.uint8) if width > 1 else np.ones((3, 3), np.uint8)
+    k = _window(width)
     lab = labels.astype(np.float32)  # exact for labels < 2**24
     hi = cv2.dilate(lab, k)  # the largest label around
     lo = cv2.erode(np.where(labels > 0, lab, np.float32(2**24)), k)  # the smallest nucleus label around
