@@ -63,9 +63,9 @@ def score(path: Path, dsb: list, monuseg: list, background: dict) -> dict:
 
 def recipe(run: str) -> str:
     cfg = json.loads((Path(run) / "config.json").read_text())
-    if not cfg.get("init"):
-        return f"from scratch, {cfg['epochs']} epochs, {cfg['augment']} augmentation"
-    return (f"+{cfg['epochs']} epochs from `{Path(cfg['init']).name}`: {cfg['augment']} augmentation, lr {cfg['lr']}, "
+    start = (f"+{cfg['epochs']} epochs from `{Path(cfg['init']).name}`" if cfg.get("init")
+             else f"from scratch, {cfg['epochs']} epochs")
+    return (f"{start}: {cfg['augment']} augmentation, lr {cfg['lr']}, "
             f"hard negatives {cfg.get('hard_negatives', 0):.2f}, boundary weight {cfg.get('boundary_weight', 1.0)}, "
             f"contact weight {cfg.get('contact_weight', 0.0)}, "
             f"keeps the {cfg.get('keep', 'best')} epoch")

@@ -22,8 +22,13 @@ to ~5 px and H&E crops at ~12 px). :meth:`ScalePolicy.plan` decides, for one fra
   far smaller (enlarged). A network measures nuclei well only near the size it learnt (a weak one cuts nuclei
   three times that size into training-sized pieces and measures the pieces; it sees tiny ones as larger blobs), so
   the image's own measure decides where the network's cannot be trusted (the shipped clip at x2, DSB at x0.5). For
-  larger frames the ``estimate`` takes the larger of the network's and the image's measure (fluorescence), and a
-  larger fluorescence frame in which the image's measure finds fewer than MIN_OBJECTS nuclei is resized unmeasured.
+  larger frames the ``estimate`` takes the larger of the network's and the image's measure (fluorescence), unless
+  the network measured nuclei clearly smaller than it learnt (under 1 / TRUST_SMALL training scales: not the pieces
+  of big ones, and the image's measure of a dense field of small nuclei is one of clumps); a fluorescence frame
+  whose nuclei are smaller than the training scale is enlarged up to MAX_REFINE_UPSCALE (a 603x1272 DSB test image
+  of 7.6 px nuclei: measured 14.8 px by the image, 8.0 by ``shuffle_unet_px``; run at x0.84 its F1@0.5 was 0.31,
+  at x1.57 0.71); a larger fluorescence frame in which the image's measure finds fewer than MIN_OBJECTS nuclei is
+  resized unmeasured.
 
 Estimated scales are snapped to a grid of quarter octaves (:func:`snapped`), so the small differences between
 backends and CPUs (0.72 vs 0.77 for the same clip) give the same remembered scale.
@@ -58,6 +63,7 @@ MAX_REFINE_UPSCALE = 2.0  # a small frame whose nuclei are measured small may be
 TOO_BIG = 3.0  # nuclei more than this many training scales wide at the planned view are shrunk ...
 SHRINK_TO = 1.25  # ... to this many (the scale the small networks count best at: at 1x they merge touching nuclei)
 TOO_SMALL = 1.5  # nuclei of a small fluorescence frame under 1 / this training scale are enlarged
+TRUST_SMALL = 1.25  # a network that measures nuclei under 1 / this training scale did not cut big ones into pieces
 CLASSICAL_MIN_AREA = 12  # Otsu components smaller than this (frame px) are noise, not nuclei
 SPECK_JUMP = 1.5  # a classical measure that grows this much when the frame is halved was one of specks
 CLASSICAL_MIN_SIDE = 64  # a frame is not halved below this many pixels a side for the classical measure
@@ -207,7 +213,7 @@ class ScalePolicy:
             known = self.cache[(h, w)]
             return Plan(known.scale, "remembered", known.diameter_px)
         if self.diameter is not None:
-            return Plan(self._tile_scale(self.diameter, h, w, self.target_diameter(rgb), MAX_UPSCALE),
+            return Plan(self._tile_scale(self.diameter, h, w, self.target_diameter(rgb), MAX_UPSCALE, given=True),
                         "diameter", self.diameter)
         if self.tile == "never":
             return Plan(None, "resize")
@@ -226,9 +232,12 @@ class ScalePolicy:
             return Plan(None, "estimate")
         coarse = infer([resize_to(rgb, s)])[0]
         diameter = self.nucleus_size(rgb, coarse, infer)
-        if classical is not None and (diameter is None or classical > diameter):
+        target = self.target_diameter(rgb)
+        if classical is not None and (diameter is None or (classical > diameter and diameter * TRUST_SMALL >= target)):
             diameter = classical  # a network measures the pieces of nuclei too big for it: the larger one wins
-        plan = Plan(self._tile_scale(diameter, h, w, self.target_diameter(rgb)), "estimate", diameter, coarse)
+        # a fluorescence frame (the image's own measure found nuclei) may be enlarged up to MAX_REFINE_UPSCALE
+        cap = MAX_REFINE_UPSCALE if classical is not None else 1.0
+        plan = Plan(self._tile_scale(diameter, h, w, target, cap), "estimate", diameter, coarse)
         if diameter is not None:  # nothing measured: try again on the next frame of this size
             self._remember(h, w, plan)
         return plan
@@ -320,10 +329,12 @@ class ScalePolicy:
 
     # ------------------------------------------------------------------ scales
 
-    def _tile_scale(self, diameter: float | None, h: int, w: int, target: float, cap: float = 1.0) -> float | None:
+    def _tile_scale(self, diameter: float | None, h: int, w: int, target: float, cap: float = 1.0,
+                    given: bool = False) -> float | None:
         """The frame scale that brings nuclei of ``diameter`` frame pixels to ``target`` input pixels, or None to
         keep the whole-frame resize (nuclei already big enough there, or nothing measured). ``cap`` is the largest
-        enlargement (1: an estimate never enlarges a frame)."""
+        enlargement (1: never enlarged); ``given``: the caller's diameter, used as it is (an estimate is snapped,
+        and one of nuclei far too big is shrunk to SHRINK_TO training scales, not to one)."""
         squeeze = self._squeeze(h, w)
         if diameter is None:
             return None if self.tile == "auto" else 1.0  # no evidence to tile; "always": native scale
@@ -331,12 +342,12 @@ class ScalePolicy:
         if (self.tile == "auto" and max(h, w) >= self.input_size and diameter * squeeze >= MIN_SCALE_FRACTION * target
                 and not too_big):
             return None  # nuclei are big enough at the input size, and not too big: keep the resize
-        if too_big and cap == 1.0:  # an estimate of nuclei far too big for the network: shrink them
+        if too_big and not given:  # an estimate of nuclei far too big for the network: shrink them
             return self._bounded(snapped(SHRINK_TO * target / diameter), h, w)
         scale = min(cap, target / diameter)
         if 1.0 / NATIVE_TOLERANCE < scale <= NATIVE_TOLERANCE:
             scale = 1.0  # within the training's scale jitter of native: resampling would only blur
-        elif cap == 1.0:
+        elif not given:
             scale = snapped(scale)  # an estimate: the same plan whatever small noise it carries
         return self._bounded(scale, h, w)
 
