@@ -110,10 +110,11 @@ def postprocess_candidates(out_channels: int, threshold: float) -> list[Postproc
     grid = [PostprocessConfig("cc", threshold, min_size=m) for m in (0, 4, 8)]
     if out_channels > 1:
         grid += [
-            PostprocessConfig("watershed", threshold, min_size=m, seed_threshold=s, min_seed_size=k)
+            PostprocessConfig("watershed", threshold, min_size=m, seed_threshold=s, min_seed_size=k, seed_split=q)
             for m in (0, 4)
             for s in (0.3, 0.5, 0.7)
             for k in (0, 3, 6)
+            for q in (0.0, 0.4)
         ]
     else:
         grid += [PostprocessConfig("watershed", threshold, min_size=4, seed_fraction=f) for f in (0.4, 0.6, 0.8)]

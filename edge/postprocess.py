@@ -64,6 +64,7 @@ DEFAULT_SEED_FRACTION = 0.6
 DEFAULT_SEED_WINDOW = 0
 DEFAULT_MIN_SIZE = 0
 DEFAULT_MIN_SEED_SIZE = 0
+DEFAULT_SEED_SPLIT = 0.0  # 0: boundary seeds are kept whole
 DEFAULT_MIN_CONFIDENCE = 0.0  # 0: no object is dropped for its confidence
 DEFAULT_MIN_CONTRAST = 0.0  # 0: no object is dropped for its contrast
 DEFAULT_RING_WIDTH = 3  # the background ring around an object, model-output pixels
@@ -208,13 +209,18 @@ def watershed_instances(
     seed_window: int = DEFAULT_SEED_WINDOW,
     min_size: int = DEFAULT_MIN_SIZE,
     min_seed_size: int = DEFAULT_MIN_SEED_SIZE,
+    seed_split: float = DEFAULT_SEED_SPLIT,
 ) -> np.ndarray:
     """Split the foreground into nuclei with a marker-controlled watershed (``cv2.watershed``).
 
     Foreground: ``fg_prob > fg_threshold``. Seeds (markers):
 
     - with a boundary map: connected components of foreground minus boundary,
-      ``fg & (boundary_prob < seed_threshold)``;
+      ``fg & (boundary_prob < seed_threshold)``; with ``seed_split`` > 0 each of those is cut at its necks: only
+      its pixels deeper (distance transform of the seed mask) than ``seed_split`` x its deepest pixel are kept, so
+      two nuclei whose boundary band the network drew too faint to cut their common seed still get one seed each
+      (the distance-core rule below, applied to the seeds; DSB2018 validation F1@0.5 with 0.4:
+      ``shuffle_unet_px`` 0.805 -> 0.817, ``half_unet`` 0.818 -> 0.837, ``mobilenetv2_unet`` 0.863 -> 0.875);
     - without one: the cores of the distance transform of the foreground, pixels deeper
       than ``seed_fraction`` x the deepest pixel of their connected component (or, if
       ``seed_window`` > 0, of a disc that many pixels across around them), so touching
@@ -248,12 +254,12 @@ def watershed_instances(
     # where the nuclei leave most of the frame empty, the seeds and the flood run on the windows around them alone
     windows = _windows(fg) if seed_window == 0 else None
     if windows is None:
-        seed_mask = _seeds(fg, boundary, comps, n_comps, seed_threshold, seed_fraction, seed_window)
+        seed_mask = _seeds(fg, boundary, comps, n_comps, seed_threshold, seed_fraction, seed_window, seed_split)
     else:
         seed_mask = np.zeros(fg.shape, dtype=bool)
         for win in windows:
             seed_mask[win] = _seeds(np.ascontiguousarray(fg[win]), None if boundary is None else boundary[win],
-                                    comps[win], n_comps, seed_threshold, seed_fraction, seed_window)
+                                    comps[win], n_comps, seed_threshold, seed_fraction, seed_window, seed_split)
     markers, n_seeds = _label(seed_mask.view(np.uint8), min_seed_size)
 
     # Foreground components that received no seed become seeds themselves.
@@ -277,11 +283,16 @@ def watershed_instances(
     return relabel_sequential(labels, min_size, sizes=np.bincount(labels.ravel(), minlength=n_seeds + 1))
 
 
-def _seeds(fg, boundary, comps, n_comps, seed_threshold, seed_fraction, seed_window) -> np.ndarray:
-    """The seed mask of :func:`watershed_instances`: the foreground away from the boundary, or the distance cores."""
-    if boundary is not None:
-        return fg & (boundary < seed_threshold)
-    return _distance_seeds(fg, comps, n_comps, seed_fraction, seed_window)
+def _seeds(fg, boundary, comps, n_comps, seed_threshold, seed_fraction, seed_window, seed_split) -> np.ndarray:
+    """The seed mask of :func:`watershed_instances`: the foreground away from the boundary (cut at its necks with
+    ``seed_split``), or the distance cores."""
+    if boundary is None:
+        return _distance_seeds(fg, comps, n_comps, seed_fraction, seed_window)
+    seeds = np.ascontiguousarray(fg & (boundary < seed_threshold))
+    if seed_split <= 0:
+        return seeds
+    n_seeds, seed_comps = cv2.connectedComponents(seeds.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    return _distance_seeds(seeds, seed_comps, n_seeds, seed_split, 0)
 
 
 def _flood(fg: np.ndarray, markers: np.ndarray, background: int) -> np.ndarray:
@@ -468,6 +479,8 @@ class PostprocessConfig:
     - ``seed_fraction``, ``seed_window``: watershed without one, see :func:`watershed_instances`
       (``seed_window`` in model-output pixels, 0 = per connected component);
     - ``min_seed_size``: smallest seed kept, in pixels at model-output resolution;
+    - ``seed_split``: watershed with a boundary channel, each seed cut at its necks (see
+      :func:`watershed_instances`); 0 (the default) keeps them whole: older cards keep their results;
     - ``min_confidence``: objects whose mean foreground probability is lower are dropped;
     - ``min_contrast``: objects that stand out less than this from the background ring around them
       (:func:`object_scores`, needs the frame) are dropped; ``ring_width`` is that ring's width in model-output
@@ -487,6 +500,7 @@ class PostprocessConfig:
     seed_fraction: float = DEFAULT_SEED_FRACTION
     seed_window: int = DEFAULT_SEED_WINDOW
     min_seed_size: int = DEFAULT_MIN_SEED_SIZE
+    seed_split: float = DEFAULT_SEED_SPLIT
     min_confidence: float = DEFAULT_MIN_CONFIDENCE
     min_contrast: float = DEFAULT_MIN_CONTRAST
     ring_width: int = DEFAULT_RING_WIDTH
@@ -591,6 +605,7 @@ def instances(outputs: np.ndarray, frame_shape: Sequence[int], cfg: PostprocessC
             seed_window=round(cfg.seed_window * area_scale**0.5),
             min_size=min_size,
             min_seed_size=round(cfg.min_seed_size * area_scale),
+            seed_split=cfg.seed_split,
         )
     else:
         labels = connected_components(threshold(probs[0], cfg.threshold), min_size)

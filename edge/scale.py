@@ -24,11 +24,12 @@ to ~5 px and H&E crops at ~12 px). :meth:`ScalePolicy.plan` decides, for one fra
   the image's own measure decides where the network's cannot be trusted (the shipped clip at x2, DSB at x0.5). For
   larger frames the ``estimate`` takes the larger of the network's and the image's measure (fluorescence), unless
   the network measured nuclei clearly smaller than it learnt (under 1 / TRUST_SMALL training scales: not the pieces
-  of big ones, and the image's measure of a dense field of small nuclei is one of clumps); a fluorescence frame
-  whose nuclei are smaller than the training scale is enlarged up to MAX_REFINE_UPSCALE (a 603x1272 DSB test image
-  of 7.6 px nuclei: measured 14.8 px by the image, 8.0 by ``shuffle_unet_px``; run at x0.84 its F1@0.5 was 0.31,
-  at x1.57 0.71); a larger fluorescence frame in which the image's measure finds fewer than MIN_OBJECTS nuclei is
-  resized unmeasured.
+  of big ones, and the image's measure of a dense field of small nuclei can be one of clumps: a 603x1272 DSB test
+  image of 7.6 px nuclei is measured 14.8 px by the image, 8.0 by ``shuffle_unet_px``; run at x0.84 its F1@0.5 was
+  0.31, at x1 0.67). An estimate never enlarges a frame: allowed to (up to x2) that image reached 0.71 at x1.41,
+  but speckled nucleus-free DSB backgrounds gained false nuclei (``fast_scnn``: 1.9 -> 2.75 a frame on 20
+  validation images). A larger fluorescence frame in which the image's measure finds fewer than MIN_OBJECTS nuclei
+  is resized unmeasured.
 
 Estimated scales are snapped to a grid of quarter octaves (:func:`snapped`), so the small differences between
 backends and CPUs (0.72 vs 0.77 for the same clip) give the same remembered scale.
@@ -235,9 +236,7 @@ class ScalePolicy:
         target = self.target_diameter(rgb)
         if classical is not None and (diameter is None or (classical > diameter and diameter * TRUST_SMALL >= target)):
             diameter = classical  # a network measures the pieces of nuclei too big for it: the larger one wins
-        # a fluorescence frame (the image's own measure found nuclei) may be enlarged up to MAX_REFINE_UPSCALE
-        cap = MAX_REFINE_UPSCALE if classical is not None else 1.0
-        plan = Plan(self._tile_scale(diameter, h, w, target, cap), "estimate", diameter, coarse)
+        plan = Plan(self._tile_scale(diameter, h, w, target), "estimate", diameter, coarse)
         if diameter is not None:  # nothing measured: try again on the next frame of this size
             self._remember(h, w, plan)
         return plan

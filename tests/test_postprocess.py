@@ -116,6 +116,20 @@ def test_watershed_splits_two_touching_discs_with_a_boundary_map():
     assert_split_evenly(labels, truth)
 
 
+def test_seed_split_cuts_a_seed_that_a_faint_boundary_left_whole():
+    truth = disc_labels((64, 100), [(30, 32), (64, 32)], 18)  # a neck 6 px from the background, a third of a radius
+    faint = 0.2 * boundary_of(truth)  # the network drew the band between them, too faint for seed_threshold 0.5
+    fg = (truth > 0).astype(np.float32)
+    assert watershed_instances(fg, faint, fg_threshold=0.5).max() == 1  # one seed: merged
+    labels = watershed_instances(fg, faint, fg_threshold=0.5, seed_split=0.4)
+    assert_split_evenly(labels, truth)
+    one = disc_labels((64, 100), [(48, 32)], 18)  # a single round nucleus keeps one seed
+    assert watershed_instances((one > 0).astype(np.float32), 0.2 * boundary_of(one), fg_threshold=0.5,
+                               seed_split=0.4).max() == 1
+    cfg = PostprocessConfig("watershed", 0.5, seed_split=0.4)
+    assert postprocess(np.stack([fg, faint]), fg.shape, cfg)[1].max() == 2  # the card's field reaches the watershed
+
+
 @pytest.mark.parametrize("with_boundary", [False, True])
 def test_watershed_splits_three_touching_discs(with_boundary):
     truth = disc_labels((80, 80), THREE_DISCS, 16)
