@@ -173,10 +173,11 @@ def evaluate_pair(general: dict, stained: dict, types: dict) -> dict:
     return {"dsb": summary(dsb), "monuseg": summary(mon), "background": float(np.mean(bg))}
 
 
-def choose_filter(filters: list[dict], true_counts: dict) -> dict:
+def choose_filter(filters: list[dict], true_counts: dict, cc_mae: float | None = None) -> dict:
     """The filter with the fewest false nuclei per background frame among those that keep DSB val F1@0.5 (within
     TOL_F1) and the DSB and MoNuSeg val count MAE of the unfiltered ``filters[0]`` (within TOL_COUNT of the mean
-    true count per image, ``true_counts``); the weaker filter on a tie.
+    true count per image, ``true_counts``), and that do not make MoNuSeg val counting worse than plain connected
+    components (``cc_mae``) where the unfiltered step was no worse; the weaker filter on a tie.
 
     Where that choice still finds more than MAX_FALSE times the nuclei of a DSB val image in a frame without any,
     the wider TOL_F1_CLEAR and TOL_COUNT_CLEAR apply: a network that counts a frame of background as a real image
@@ -184,18 +185,22 @@ def choose_filter(filters: list[dict], true_counts: dict) -> dict:
     backgrounds, and the strict tolerances allowed no filter: the one that removes 88 % of them raised DSB val F1
     and MoNuSeg val F1, and MoNuSeg val count MAE (4 tiles) by 2.3 % of the mean true count, over TOL_COUNT."""
     base = filters[0]
-    strict = best_filter(filters, base, true_counts, TOL_F1, TOL_COUNT)
+    strict = best_filter(filters, base, true_counts, TOL_F1, TOL_COUNT, cc_mae)
     if strict["background"] <= MAX_FALSE * true_counts["dsb"]:
         return strict
-    return best_filter(filters, base, true_counts, TOL_F1_CLEAR, TOL_COUNT_CLEAR)
+    return best_filter(filters, base, true_counts, TOL_F1_CLEAR, TOL_COUNT_CLEAR, cc_mae)
 
 
-def best_filter(filters: list[dict], base: dict, true_counts: dict, tol_f1: float, tol_count: float) -> dict | None:
+def best_filter(filters: list[dict], base: dict, true_counts: dict, tol_f1: float, tol_count: float,
+                cc_mae: float | None = None) -> dict | None:
     """The filter with the fewest false nuclei per background frame among ``filters`` whose DSB val F1@0.5 is within
     ``tol_f1`` of ``base``'s and whose DSB and MoNuSeg val count MAE are within ``tol_count`` times the mean true
-    count of it; the weaker filter on a tie; None if none is."""
+    count of it (MoNuSeg's also at most ``max(cc_mae, base's)``); the weaker filter on a tie; None if none is."""
     def kept(f: dict, part: str) -> bool:
-        return f[part]["count_mae"] <= base[part]["count_mae"] + tol_count * true_counts[part]
+        ok = f[part]["count_mae"] <= base[part]["count_mae"] + tol_count * true_counts[part]
+        if part == "monuseg" and cc_mae is not None:
+            ok = ok and f[part]["count_mae"] <= max(cc_mae, base[part]["count_mae"])
+        return ok
 
     allowed = [f for f in filters
                if f["dsb"]["f1_50"] >= base["dsb"]["f1_50"] - tol_f1 and kept(f, "dsb") and kept(f, "monuseg")]
@@ -209,7 +214,8 @@ def true_counts(data: dict) -> dict:
             "monuseg": float(np.mean([g.max() for g in data["monuseg_gt"]]))}
 
 
-def with_filter(post: dict, preds: dict, shapes: dict, data: dict, counts: dict) -> tuple[dict, list, dict]:
+def with_filter(post: dict, preds: dict, shapes: dict, data: dict, counts: dict,
+                cc_mae: float | None = None) -> tuple[dict, list, dict]:
     """The object filter on top of the instance step ``post``: every (min_confidence, min_contrast) of the grid
     scored, :func:`choose_filter`'s pick; returns (``post`` with it, the grid, the pick)."""
     best_ls = {k: scored(preds[k], shapes[k], post) for k in shapes}
@@ -220,7 +226,7 @@ def with_filter(post: dict, preds: dict, shapes: dict, data: dict, counts: dict)
                         "dsb": accuracy(labs["dsb"], data["dsb_gt"]),
                         "monuseg": accuracy(labs["monuseg"], data["monuseg_gt"]),
                         "background": background_mean(labs["background"])})
-    chosen = choose_filter(filters, counts)
+    chosen = choose_filter(filters, counts, cc_mae)
     return {**post, "min_confidence": chosen["min_confidence"], "min_contrast": chosen["min_contrast"]}, filters, chosen
 
 
@@ -251,7 +257,7 @@ def tune(network: str, path: Path, card, data: dict, preds: dict) -> dict:
     #    the stained images, among those that count MoNuSeg no worse than the general step (no worse than cc where
     #    the whole pipeline, filter included, counts MoNuSeg worse than cc; the lowest MoNuSeg MAE if none does),
     #    then the filter chosen again on the pair
-    post, filters, chosen = with_filter(dict(general["post"]), preds, shapes, data, counts)
+    post, filters, chosen = with_filter(dict(general["post"]), preds, shapes, data, counts, cc_mae)
     bound = cc_mae if chosen["monuseg"]["count_mae"] > cc_mae else general["monuseg"]["count_mae"]
     pairs = [(c, evaluate_pair(general, c, types)) for c in cands]
     ok = [pc for pc in pairs if pc[1]["monuseg"]["count_mae"] <= bound]
@@ -260,7 +266,8 @@ def tune(network: str, path: Path, card, data: dict, preds: dict) -> dict:
                else min(pairs, key=lambda pc: pc[1]["monuseg"]["count_mae"]))[0]
     if stained is not general:
         override = {k: v for k, v in stained["post"].items() if v != general["post"].get(k)}
-        post, filters, chosen = with_filter({**general["post"], "stained": override}, preds, shapes, data, counts)
+        post, filters, chosen = with_filter({**general["post"], "stained": override}, preds, shapes, data, counts,
+                                            cc_mae)
     best = {"post": {k: v for k, v in post.items() if k not in FILTER_KEYS}, **evaluate_pair(general, stained, types)}
     say(f"{network}: instance step {best['post']} (DSB F1 {best['dsb']['f1_50']:.3f}, MoNuSeg MAE "
         f"{best['monuseg']['count_mae']:.1f} vs cc {cc_mae:.1f}); filter conf>={chosen['min_confidence']} "
@@ -347,7 +354,7 @@ def reselect(path: Path, out: Path) -> None:
     counts = true_counts({"dsb_gt": [s.labels for s in split_samples(DSB, "val")],
                           "monuseg_gt": [s.labels for s in split_samples(MONUSEG, "val")]})
     for net, r in data["results"].items():
-        r["filter_chosen"] = chosen = choose_filter(r["filters"], counts)
+        r["filter_chosen"] = chosen = choose_filter(r["filters"], counts, r.get("cc_monuseg_mae"))
         r["chosen"] = {**r["chosen"], "min_confidence": chosen["min_confidence"],
                        "min_contrast": chosen["min_contrast"]}
         say(f"{net}: filter conf>={chosen['min_confidence']} contrast>={chosen['min_contrast']}")

@@ -22,14 +22,15 @@ to ~5 px and H&E crops at ~12 px). :meth:`ScalePolicy.plan` decides, for one fra
   far smaller (enlarged). A network measures nuclei well only near the size it learnt (a weak one cuts nuclei
   three times that size into training-sized pieces and measures the pieces; it sees tiny ones as larger blobs), so
   the image's own measure decides where the network's cannot be trusted (the shipped clip at x2, DSB at x0.5). For
-  larger frames the ``estimate`` takes the larger of the network's and the image's measure (fluorescence), unless
-  the network measured nuclei clearly smaller than it learnt (under 1 / TRUST_SMALL training scales: not the pieces
-  of big ones, and the image's measure of a dense field of small nuclei can be one of clumps: a 603x1272 DSB test
-  image of 7.6 px nuclei is measured 14.8 px by the image, 8.0 by ``shuffle_unet_px``; run at x0.84 its F1@0.5 was
-  0.31, at x1 0.67). An estimate never enlarges a frame: allowed to (up to x2) that image reached 0.71 at x1.41,
-  but speckled nucleus-free DSB backgrounds gained false nuclei (``fast_scnn``: 1.9 -> 2.75 a frame on 20
-  validation images). A larger fluorescence frame in which the image's measure finds fewer than MIN_OBJECTS nuclei
-  is resized unmeasured.
+  larger frames the ``estimate`` takes the image's measure (fluorescence) where it is at least TRUST_RATIO times
+  the network's, their geometric mean where the image's is larger by less, else the network's: a network cuts
+  nuclei far bigger than it learnt into pieces (the shipped clip at x4: 5.5 px by ``half_unet`` against 88 by the
+  image), but the image's measure of a dense field of small nuclei can be one of clumps (a 603x1272 DSB test
+  image of 7.6 px nuclei: 14.8 px by the image, 8.0 by ``shuffle_unet_px``; run at x0.84, the image's measure,
+  its F1@0.5 was 0.31, at x1 0.67). An estimate never enlarges a frame: allowed
+  to (up to x2) that image reached 0.71 at x1.41, but speckled nucleus-free DSB backgrounds gained false nuclei
+  (``fast_scnn``: 1.9 -> 2.75 a frame on 20 validation images). A larger fluorescence frame in which the image's
+  measure finds fewer than MIN_OBJECTS nuclei is resized unmeasured.
 
 Estimated scales are snapped to a grid of quarter octaves (:func:`snapped`), so the small differences between
 backends and CPUs (0.72 vs 0.77 for the same clip) give the same remembered scale.
@@ -64,7 +65,7 @@ MAX_REFINE_UPSCALE = 2.0  # a small frame whose nuclei are measured small may be
 TOO_BIG = 3.0  # nuclei more than this many training scales wide at the planned view are shrunk ...
 SHRINK_TO = 1.25  # ... to this many (the scale the small networks count best at: at 1x they merge touching nuclei)
 TOO_SMALL = 1.5  # nuclei of a small fluorescence frame under 1 / this training scale are enlarged
-TRUST_SMALL = 1.25  # a network that measures nuclei under 1 / this training scale did not cut big ones into pieces
+TRUST_RATIO = 2.0  # an image's measure this many times the network's overrules it; a larger one under it is averaged
 CLASSICAL_MIN_AREA = 12  # Otsu components smaller than this (frame px) are noise, not nuclei
 SPECK_JUMP = 1.5  # a classical measure that grows this much when the frame is halved was one of specks
 CLASSICAL_MIN_SIDE = 64  # a frame is not halved below this many pixels a side for the classical measure
@@ -234,8 +235,10 @@ class ScalePolicy:
         coarse = infer([resize_to(rgb, s)])[0]
         diameter = self.nucleus_size(rgb, coarse, infer)
         target = self.target_diameter(rgb)
-        if classical is not None and (diameter is None or (classical > diameter and diameter * TRUST_SMALL >= target)):
-            diameter = classical  # a network measures the pieces of nuclei too big for it: the larger one wins
+        if classical is not None and (diameter is None or classical >= TRUST_RATIO * diameter):
+            diameter = classical  # a network measures the pieces of nuclei too big for it: the image's wins
+        elif classical is not None and classical > diameter:
+            diameter = float(np.sqrt(classical * diameter))  # two rough measures, less than twofold apart
         plan = Plan(self._tile_scale(diameter, h, w, target), "estimate", diameter, coarse)
         if diameter is not None:  # nothing measured: try again on the next frame of this size
             self._remember(h, w, plan)

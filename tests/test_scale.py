@@ -158,16 +158,19 @@ def test_a_weak_network_that_measures_pieces_of_big_nuclei_is_overruled_on_fluor
     assert plan.scale == pytest.approx(snapped(SHRINK_TO * 12 / plan.diameter_px))
 
 
-def test_a_network_measuring_nuclei_smaller_than_learnt_is_not_overruled_by_the_image(monkeypatch):
-    """The image's measure wins where it is larger only while the network may be measuring pieces of big nuclei
-    (near its training scale); a dense field of small nuclei can fool the image's measure into clumps."""
-    frame, _ = disc_frame((600, 1200), diameter=6, spacing=9)
+def test_the_image_overrules_the_network_only_when_they_disagree_twofold(monkeypatch):
+    """A dense field of small nuclei can fool the image's measure into clumps (a DSB test image: 14.8 px against
+    the true 7.6 and the network's 8.0), while a network cuts nuclei far bigger than it learnt into small pieces
+    (the shipped clip at x4: 5.5 px against the image's 88)."""
+    frame, _ = disc_frame((600, 1200), diameter=6, spacing=9)  # the network (disc_probs) measures 6 px
     rgb = np.dstack([frame] * 3)
-    monkeypatch.setattr("edgeseg.scale.classical_diameter", lambda _rgb: 15.0)  # the image's measure of clumps
+    monkeypatch.setattr("edgeseg.scale.classical_diameter", lambda _rgb: 11.0)  # the image's measure of clumps
     plan = policy().plan(rgb, disc_probs)
-    assert plan.diameter_px == pytest.approx(6, rel=0.15) and plan.scale == 1.0  # the clumps' measure: x0.84
-    near, _ = disc_frame((600, 1200), diameter=12, spacing=24)  # near the training scale: the larger one wins
-    assert policy().plan(np.dstack([near] * 3), disc_probs).diameter_px == 15.0
+    assert plan.diameter_px == pytest.approx((11.0 * 6) ** 0.5, rel=0.1)  # the geometric mean
+    assert plan.scale == 1.0  # the clumps' measure alone: x1.09, snapped to x1.19
+    monkeypatch.setattr("edgeseg.scale.classical_diameter", lambda _rgb: 150.0)  # 25 times larger: pieces
+    plan = policy().plan(rgb, disc_probs)
+    assert plan.diameter_px == 150.0 and plan.scale == pytest.approx(snapped(SHRINK_TO * 12 / 150))
 
 
 def test_a_small_frame_with_nuclei_far_too_small_is_enlarged_without_the_network():
