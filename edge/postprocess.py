@@ -219,8 +219,9 @@ def watershed_instances(
       ``fg & (boundary_prob < seed_threshold)``; with ``seed_split`` > 0 each of those is cut at its necks: only
       its pixels deeper (distance transform of the seed mask) than ``seed_split`` x its deepest pixel are kept, so
       two nuclei whose boundary band the network drew too faint to cut their common seed still get one seed each
-      (the distance-core rule below, applied to the seeds; DSB2018 validation F1@0.5 with 0.4:
-      ``shuffle_unet_px`` 0.805 -> 0.817, ``half_unet`` 0.818 -> 0.837, ``mobilenetv2_unet`` 0.863 -> 0.875);
+      (the distance-core rule below, applied to the seeds; DSB2018 validation F1@0.5 with 0.4 and the cards'
+      other parameters unchanged: ``shuffle_unet_px`` 0.805 -> 0.817, ``half_unet`` 0.818 -> 0.837,
+      ``mobilenetv2_unet`` 0.863 -> 0.875);
     - without one: the cores of the distance transform of the foreground, pixels deeper
       than ``seed_fraction`` x the deepest pixel of their connected component (or, if
       ``seed_window`` > 0, of a disc that many pixels across around them), so touching
