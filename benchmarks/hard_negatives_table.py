@@ -1,4 +1,4 @@
-"""Hard-negative fine-tuning of the real-time network, on the VALIDATION splits: what each run gains and costs.
+"""The real-time network's training runs (contact weight, hard negatives, fine-tunes) on the VALIDATION splits.
 
     python benchmarks/hard_negatives_table.py [--runs runs] [--names shuffle_unet_px_dsb300 ...]
 
@@ -55,11 +55,11 @@ def score(path: Path, dsb: list, monuseg: list, background: dict) -> dict:
     from edgeseg.evaluate import evaluate
     from edgeseg.segmenter import Segmenter
 
-    seg = Segmenter.load(str(path), threads=2)
-    d, m = evaluate(seg, dsb)["summary"], evaluate(seg, monuseg)["summary"]
+    with Segmenter.load(str(path), threads=2) as seg:
+        d, m = evaluate(seg, dsb)["summary"], evaluate(seg, monuseg)["summary"]
+        false = {f"false_{k}": float(np.mean(counts(seg, background[k]))) for k in BACKGROUND_KINDS}
     return {"dice_256": d["dice_256"], "f1_50": d["f1_50"], "map": d["map"], "count_mae": d["count_mae"],
-            "monuseg_count_mae": m["count_mae"],
-            **{f"false_{k}": float(np.mean(counts(seg, background[k]))) for k in BACKGROUND_KINDS}}
+            "monuseg_count_mae": m["count_mae"], **false}
 
 
 def recipe(run: str) -> str:

@@ -23,8 +23,8 @@ each cell's head sees its own 16 input pixels, not only features that went throu
 between touching nuclei are placed from the pixels themselves. Same speed in INT8 (the fuse replaces a depthwise
 separable conv; ``torch.pixel_unshuffle`` instead of the learnt embedding exports as a 6-D transpose and costs
 1.8x), DSB2018 validation Dice 0.889 against 0.872 for ``shuffle_unet`` on the same recipe (150 epochs, this CPU;
-0.898 in 300 epochs; the shipped weights are those 300 epochs fine-tuned 100 more with 15 % hard negatives,
-``benchmarks/results/hard_negatives.md``).
+0.898 in 300 epochs; the shipped weights are 300 epochs with U-Net's contact weight 8, validation Dice 0.891 with
+the shipped post-processing, ``benchmarks/results/hard_negatives.md``).
 Reusing the stem's own patch embedding instead (no second one) reached 0.883 but failed the INT8 guard (drop
 0.011 or more with every strategy).
 
