@@ -283,8 +283,11 @@ def tune(network: str, path: Path, card, data: dict, preds: dict) -> dict:
 
 def write_cards(network: str, post: dict) -> list[str]:
     """Put ``post`` into every zoo card of ``network`` (only ``postprocess`` and ``postprocess_chosen_on``
-    change), written to a temporary name and renamed."""
+    change), written to a temporary name and renamed, and the card into its ONNX / OpenVINO file too
+    (:func:`edgeseg.export.pipeline.refresh_embedded_card`: the file copied alone counts as the card says; the
+    card's sha256 follows the file)."""
     from edgeseg.card import ModelCard
+    from edgeseg.export.pipeline import refresh_embedded_card
     from edgeseg.fsutil import atomic_write_json
 
     done = []
@@ -296,6 +299,9 @@ def write_cards(network: str, post: dict) -> list[str]:
         card["postprocess_chosen_on"] = ("DSB2018 and MoNuSeg validation splits, background frames made from the "
                                          "DSB validation images (benchmarks/tune_postprocess.py)")
         atomic_write_json(cp, card)
+        model_file = ZOO_DIR / card["file"]
+        if model_file.suffix.lower() in (".onnx", ".xml"):
+            refresh_embedded_card(model_file)
         done.append(cp.name)
     return done
 

@@ -68,6 +68,17 @@ def set_onnx_card(model: onnx.ModelProto, card: dict) -> onnx.ModelProto:
     return model
 
 
+def write_onnx_card(path: str | Path, card: dict) -> Path:
+    """Replace the card embedded in the ONNX file ``path`` (the graph and weights stay as they are), written to a
+    temporary name and renamed."""
+    from edgeseg.fsutil import atomic_path
+
+    model = set_onnx_card(onnx.load(str(path)), card)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+    return Path(path)
+
+
 def read_onnx_card(path: str | Path) -> dict | None:
     """The card embedded in an ONNX file, or None."""
     model = onnx.load(str(path), load_external_data=False)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from xml.sax.saxutils import quoteattr
 
 from edgeseg.card import CARD_METADATA_KEY
 
@@ -14,6 +16,27 @@ def set_openvino_card(model, card: dict):
     """Store the card JSON as the string ``rt_info["edgeseg_card"]`` of an ``openvino.Model``."""
     model.set_rt_info(embedded_card(card), CARD_METADATA_KEY)
     return model
+
+
+# the card OpenVINO reads back (``model.get_rt_info("edgeseg_card")``): the element right under the IR's top-level
+# <rt_info> (two tabs deep as ov.save_model writes it); the one under <framework> is the ONNX file's, kept as it is
+_TOP_LEVEL_CARD = re.compile(r"^\t\t<" + CARD_METADATA_KEY + r""" value=(?:"[^"]*"|'[^']*') />$""", re.MULTILINE)
+
+
+def write_openvino_card(xml_path: str | Path, card: dict) -> Path:
+    """Replace the card in an OpenVINO IR's ``rt_info`` in place: only that element of the ``.xml`` changes (the
+    graph and the ``.bin`` stay byte for byte; re-saving the model would rewrite the weights). Written to a
+    temporary name and renamed."""
+    from edgeseg.errors import ModelError
+    from edgeseg.fsutil import atomic_write_text
+
+    text = Path(xml_path).read_text(encoding="utf-8")
+    found = _TOP_LEVEL_CARD.findall(text)
+    if len(found) != 1:
+        raise ModelError(f"{Path(xml_path).name} holds {len(found)} top-level model cards, not one",
+                         "re-export the model with edgeseg export")
+    element = f"\t\t<{CARD_METADATA_KEY} value={quoteattr(embedded_card(card))} />"
+    return atomic_write_text(xml_path, _TOP_LEVEL_CARD.sub(lambda _: element, text))
 
 
 def save_openvino(model, xml_path: str | Path, card: dict, *, fp16_weights: bool) -> Path:

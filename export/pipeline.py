@@ -484,3 +484,27 @@ def evaluate_file(path: str | Path, data: str | Path, split: str | None = None) 
         result = evaluate_folder(seg, data, split)
     info = {k: v for k, v in result["info"].items() if k != "data"}  # the split, as before: no folder path in cards
     return {**info, **result["summary"], "per_type": result["per_type"]}
+
+
+def refresh_embedded_card(model_file: str | Path) -> Path:
+    """Put the card beside an exported file back inside it, after the side card changed (the post-processing
+    re-tuned: ``benchmarks/tune_postprocess.py --write``), so that the file copied alone still carries what its
+    card says; the side card's sha256 then follows the file. Returns the card's path."""
+    import json
+
+    from edgeseg.card import read_card
+
+    model_file = Path(model_file)
+    read_card(model_file, verify=True)  # the file is the one the card describes; then the card as it is written
+    card = json.loads(card_path(model_file).read_text())
+    if model_file.suffix.lower() == ".xml":
+        from .openvino import write_openvino_card
+
+        write_openvino_card(model_file, card)
+    elif model_file.suffix.lower() == ".onnx":
+        from .onnx import write_onnx_card
+
+        write_onnx_card(model_file, card)
+    else:
+        raise ModelError(f"{model_file.name} carries no card inside", "only .onnx and .xml files embed their card")
+    return write_card(model_file, card)

@@ -238,6 +238,48 @@ def test_openvino_fp16_export_carries_the_card_in_rt_info(tmp_path, adhoc_data):
     assert seg.info["format"] == "openvino" and seg.input_size == 256
 
 
+def test_a_retuned_side_card_goes_back_inside_onnx_and_openvino_files(tmp_path, fp32_export):
+    from edgeseg.card import card_path
+    from edgeseg.export.openvino import onnx_to_openvino
+    from edgeseg.export.pipeline import refresh_embedded_card
+    from edgeseg.fsutil import atomic_write_json
+
+    src = Path(fp32_export["path"])
+    card = json.loads(card_path(src).read_text())
+    onnx_file = tmp_path / src.name
+    shutil.copy(src, onnx_file)
+    write_card(onnx_file, card)
+    ov_card = {**card, "name": "fast_scnn-fp32-ov", "format": "openvino"}
+    xml = onnx_to_openvino(src, tmp_path / "fast_scnn-fp32-ov.xml", ov_card)
+    write_card(xml, ov_card)
+    weights = xml.with_suffix(".bin").read_bytes()
+    x = np.random.default_rng(0).random((1, 3, 256, 256), dtype=np.float32)
+    for path in (onnx_file, xml):
+        before = open_backend(path, threads=1)(x)
+        side = json.loads(card_path(path).read_text())
+        side["postprocess"] = {**side["postprocess"], "min_contrast": 1.25, "seed_split": 0.4}
+        atomic_write_json(card_path(path), side)
+        assert read_embedded_card(path)["postprocess"] != side["postprocess"]
+        refresh_embedded_card(path)
+        assert read_embedded_card(path)["postprocess"] == side["postprocess"]
+        assert read_card(path, verify=True).postprocess == side["postprocess"]  # the sha256 follows the file
+        assert np.array_equal(open_backend(path, threads=1)(x), before)  # the network is the same
+    assert xml.with_suffix(".bin").read_bytes() == weights
+
+
+def test_a_file_that_its_card_does_not_describe_is_not_given_the_card(tmp_path, fp32_export):
+    from edgeseg.card import card_path
+    from edgeseg.export.pipeline import refresh_embedded_card
+
+    src = Path(fp32_export["path"])
+    onnx_file = tmp_path / src.name
+    shutil.copy(src, onnx_file)
+    write_card(onnx_file, json.loads(card_path(src).read_text()))
+    onnx_file.write_bytes(onnx_file.read_bytes() + b"\0")  # changed after its card was written
+    with pytest.raises(ModelError, match="does not match the sha256"):
+        refresh_embedded_card(onnx_file)
+
+
 def test_int8_onnx_passes_the_guard_and_records_calibration_and_strategy(tmp_path, adhoc_data):
     out = tmp_path / "q"
     said = []

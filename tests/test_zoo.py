@@ -91,3 +91,16 @@ def test_the_default_run_model_is_shipped_in_every_int8_flavour_with_weights_fre
     assert not [r for r in roots if "monuseg" in r.lower()], roots  # MoNuSeg is CC BY-NC-SA: not in the default
     assert "NC" not in card["licence"], card["licence"]
     assert card["outputs"] == ["foreground", "boundary"]  # it separates touching nuclei with the seeded watershed
+
+
+def test_every_shipped_file_carries_the_card_beside_it():
+    """A file copied alone (no side card) is run with its embedded card: it must say what the side card says
+    (the post-processing is re-tuned after export; tune_postprocess --write puts it back inside)."""
+    from edgeseg.backends import read_embedded_card
+
+    files = sorted(p for p in ZOO_DIR.iterdir() if p.suffix in (".onnx", ".xml"))
+    assert len(files) >= 10
+    for path in files:
+        side = json.loads(path.with_name(path.stem + ".card.json").read_text())
+        inside = read_embedded_card(path)
+        assert inside == {k: v for k, v in side.items() if k not in ("file", "sha256")}, path.name
