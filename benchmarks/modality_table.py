@@ -1,6 +1,6 @@
 """Per-modality accuracy of the zoo: DSB2018 fluorescence, DSB2018 brightfield/stained, MoNuSeg H&E test tiles.
 
-    python benchmarks/modality_table.py                       # the three zoo networks
+    python benchmarks/modality_table.py                       # every shipped network
     python benchmarks/modality_table.py --models fast_scnn benchmarks/runs/paper_fast_scnn
 
 Every model is scored the way `edgeseg eval` scores it (same Segmenter, default scale policy: large
@@ -75,7 +75,8 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["half_unet", "fast_scnn", "mobilenetv2_unet"])
+    ap.add_argument("--models", nargs="+",
+                    default=["mobilenetv2_unet", "half_unet", "shuffle_unet_px", "fast_scnn", "fast_scnn_he"])
     ap.add_argument("--out", default=str(RESULTS / "modality_table"))
     args = ap.parse_args()
     rows = [score(m) for m in args.models]
