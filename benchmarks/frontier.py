@@ -42,6 +42,7 @@ Accuracy, background and magnification use the INT8 file (ONNX Runtime for an .o
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import statistics
 import subprocess
@@ -435,7 +436,7 @@ def accuracy_table(entries: list[Entry], acc: dict) -> str:
             if a is None:
                 continue
             d, m = a["dsb"], a.get("monuseg")
-            rows.append([e.label, a["file"], fmt(d["dice_256"], ".4f"), fmt(d["f1_50"]), fmt(d["map"]),
+            rows.append([e.label, a["file"], fmt(d["dice_256"], ".4f"), fmt(d["f1_50"], ".4f"), fmt(d["map"]),
                          fmt(d["count_mae"], ".2f"),
                          "" if m is None else f"{m['count_mae']:.1f} / {m['cc']['count_mae']:.1f}",
                          "" if m is None else f"{m['f1_50']:.3f} / {m['cc']['f1_50']:.3f}"])
@@ -500,7 +501,8 @@ def frontier_table(entries: list[Entry], cells: dict, acc: dict, bg: dict, mags:
         rows.append([
             e.label, f"{p.upper()} {SHORT[backend]}",
             *["" if c is None else f"{c['fps']:.0f} ({fmt(c['ratio'], '.2f')}x)" for c in speed],
-            *(["-"] * 4 if a is None else [fmt(a["dsb"]["dice_256"]), fmt(a["dsb"]["f1_50"]), fmt(a["dsb"]["map"]),
+            *(["-"] * 4 if a is None else [fmt(a["dsb"]["dice_256"], ".4f"), fmt(a["dsb"]["f1_50"], ".4f"),
+                                           fmt(a["dsb"]["map"]),
                                            fmt(a["dsb"]["count_mae"], ".1f")]),
             "-" if a is None or a.get("monuseg") is None else
             f"{a['monuseg']['count_mae']:.0f} / {a['monuseg']['cc']['count_mae']:.0f}",
@@ -629,6 +631,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="a smoke test: few images, 1 round")
     ap.add_argument("--out", type=Path, default=None, help="result stem (.md, .json) [benchmarks/results/frontier]")
+    ap.add_argument("--rerender", action="store_true",
+                    help="measure nothing: write the tables again from the result stem's .json")
     args = ap.parse_args()
     q = args.quick
     args.rounds = args.rounds or (1 if q else 3)
@@ -640,10 +644,23 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def rerender(stem: Path) -> None:
+    """The tables again from a frontier .json (after a change to how they are written; nothing is measured)."""
+    data = json.loads(stem.with_suffix(".json").read_text())
+    entries = [Entry(e["label"], e["source"], {tuple(k.split("/")): Path(v) for k, v in e["files"].items()},
+                     e["params"], e["note"]) for e in data["entries"]]
+    cells = {(k.rsplit("/", 2)[0], k.rsplit("/", 2)[1], int(k.rsplit("/", 2)[2])): v for k, v in data["speed"].items()}
+    results = {"speed": cells, **{k: data[k] for k in ("accuracy", "background", "magnification")}}
+    write_results(stem, data, markdown(entries, results, data["meta"]))
+
+
 def main() -> None:
     from edgeseg.zoo import Zoo
 
     args = parse_args()
+    if args.rerender:
+        rerender(args.out)
+        return
     command = " ".join(["python", "benchmarks/frontier.py", *map(shlex.quote, sys.argv[1:])])
     load_before = load_average()
     models = args.models.split(",") if args.models else Zoo().networks()
