@@ -649,7 +649,10 @@ def rerender(stem: Path) -> None:
     data = json.loads(stem.with_suffix(".json").read_text())
     entries = [Entry(e["label"], e["source"], {tuple(k.split("/")): Path(v) for k, v in e["files"].items()},
                      e["params"], e["note"]) for e in data["entries"]]
-    cells = {(k.rsplit("/", 2)[0], k.rsplit("/", 2)[1], int(k.rsplit("/", 2)[2])): v for k, v in data["speed"].items()}
+    cells = {}
+    for key, cell in data["speed"].items():  # "file/backend/threads", as main writes speed_cells' keys
+        file, backend, threads = key.rsplit("/", 2)
+        cells[(file, backend, int(threads))] = cell
     results = {"speed": cells, **{k: data[k] for k in ("accuracy", "background", "magnification")}}
     write_results(stem, data, markdown(entries, results, data["meta"]))
 

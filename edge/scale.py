@@ -215,7 +215,7 @@ class ScalePolicy:
             known = self.cache[(h, w)]
             return Plan(known.scale, "remembered", known.diameter_px)
         if self.diameter is not None:
-            return Plan(self._tile_scale(self.diameter, h, w, self.target_diameter(rgb), MAX_UPSCALE, given=True),
+            return Plan(self._tile_scale(self.diameter, h, w, self.target_diameter(rgb), given=True),
                         "diameter", self.diameter)
         if self.tile == "never":
             return Plan(None, "resize")
@@ -234,12 +234,11 @@ class ScalePolicy:
             return Plan(None, "estimate")
         coarse = infer([resize_to(rgb, s)])[0]
         diameter = self.nucleus_size(rgb, coarse, infer)
-        target = self.target_diameter(rgb)
         if classical is not None and (diameter is None or classical >= TRUST_RATIO * diameter):
             diameter = classical  # a network measures the pieces of nuclei too big for it: the image's wins
         elif classical is not None and classical > diameter:
             diameter = float(np.sqrt(classical * diameter))  # two rough measures, less than twofold apart
-        plan = Plan(self._tile_scale(diameter, h, w, target), "estimate", diameter, coarse)
+        plan = Plan(self._tile_scale(diameter, h, w, self.target_diameter(rgb)), "estimate", diameter, coarse)
         if diameter is not None:  # nothing measured: try again on the next frame of this size
             self._remember(h, w, plan)
         return plan
@@ -331,12 +330,12 @@ class ScalePolicy:
 
     # ------------------------------------------------------------------ scales
 
-    def _tile_scale(self, diameter: float | None, h: int, w: int, target: float, cap: float = 1.0,
+    def _tile_scale(self, diameter: float | None, h: int, w: int, target: float,
                     given: bool = False) -> float | None:
         """The frame scale that brings nuclei of ``diameter`` frame pixels to ``target`` input pixels, or None to
-        keep the whole-frame resize (nuclei already big enough there, or nothing measured). ``cap`` is the largest
-        enlargement (1: never enlarged); ``given``: the caller's diameter, used as it is (an estimate is snapped,
-        and one of nuclei far too big is shrunk to SHRINK_TO training scales, not to one)."""
+        keep the whole-frame resize (nuclei already big enough there, or nothing measured). ``given``: the caller's
+        diameter, used as it is and allowed to enlarge the frame up to MAX_UPSCALE (an estimate never enlarges it,
+        is snapped, and one of nuclei far too big is shrunk to SHRINK_TO training scales, not to one)."""
         squeeze = self._squeeze(h, w)
         if diameter is None:
             return None if self.tile == "auto" else 1.0  # no evidence to tile; "always": native scale
@@ -346,7 +345,7 @@ class ScalePolicy:
             return None  # nuclei are big enough at the input size, and not too big: keep the resize
         if too_big and not given:  # an estimate of nuclei far too big for the network: shrink them
             return self._bounded(snapped(SHRINK_TO * target / diameter), h, w)
-        scale = min(cap, target / diameter)
+        scale = min(MAX_UPSCALE if given else 1.0, target / diameter)
         if 1.0 / NATIVE_TOLERANCE < scale <= NATIVE_TOLERANCE:
             scale = 1.0  # within the training's scale jitter of native: resampling would only blur
         elif not given:
