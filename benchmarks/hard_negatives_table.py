@@ -70,7 +70,8 @@ def recipe(run: str) -> str:
     return (f"{start}: {cfg['augment']} augmentation, lr {cfg['lr']}, "
             f"hard negatives {cfg.get('hard_negatives', 0):.2f}, boundary weight {cfg.get('boundary_weight', 1.0)}, "
             f"contact weight {cfg.get('contact_weight', 0.0)}, "
-            f"keeps the {cfg.get('keep', 'best')} epoch")
+            + (f"weight EMA {cfg['ema']} (validated and kept), " if cfg.get("ema") else "")
+            + f"keeps the {cfg.get('keep', 'best')} epoch")
 
 
 def markdown(rows: list[dict], meta: dict) -> str:

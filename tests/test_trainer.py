@@ -193,3 +193,40 @@ def test_a_weight_plane_in_the_target_weighs_the_cross_entropy_of_both_outputs()
     expected_bce = float(((bce[:, :1] * w).sum() / w.sum()) + ((bce[:, 1:] * w).sum() / w.sum()))
     dices = float(soft_dice_loss(logits[:, :1], target[:, :1]) + soft_dice_loss(logits[:, 1:], target[:, 1:]))
     assert float(segmentation_loss(logits, torch.cat([target, w], 1))) == pytest.approx(expected_bce + dices, rel=1e-5)
+
+
+def test_weight_average_copies_first_then_moves_by_one_minus_decay():
+    from edgeseg.train.trainer import weight_average
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.BatchNorm2d(1))
+    ema = weight_average(net, 0.75)
+    with torch.no_grad():
+        net[0].weight.fill_(2.0)
+        net[1].running_mean.fill_(4.0)
+    ema.update_parameters(net)  # the first update copies
+    assert float(ema.module[0].weight) == 2.0 and float(ema.module[1].running_mean) == 4.0
+    with torch.no_grad():
+        net[0].weight.fill_(6.0)
+        net[1].running_mean.fill_(0.0)
+    ema.update_parameters(net)
+    assert float(ema.module[0].weight) == pytest.approx(0.75 * 2.0 + 0.25 * 6.0)
+    assert float(ema.module[1].running_mean) == pytest.approx(0.75 * 4.0)
+
+
+def test_ema_run_saves_and_resumes_the_average_not_the_trained_weights(sample_dir, tmp_path):
+    from edgeseg.errors import EdgesegError
+
+    out = tmp_path / "run"
+    Trainer(_cfg(sample_dir, out, epochs=2, ema=0.9, keep="last"), progress=False).fit()
+    ck = torch.load(out / "last.pt", weights_only=True)
+    best = torch.load(out / "best.pt", weights_only=True)
+    averaged = {k[len("module."):]: v for k, v in ck["ema"].items() if k.startswith("module.")}
+    assert set(averaged) == set(best) and all(torch.equal(best[k], averaged[k]) for k in best)
+    assert any(not torch.equal(best[k], ck["model"][k]) for k in best if best[k].is_floating_point())
+    again = Trainer(_cfg(sample_dir, out, epochs=3, ema=0.9, keep="last"), progress=False)
+    again.resume()
+    assert int(again.ema.n_averaged) == int(ck["ema"]["n_averaged"]) > 0
+    plain = tmp_path / "plain"
+    Trainer(_cfg(sample_dir, plain, epochs=1), progress=False).fit()
+    with pytest.raises(EdgesegError, match="without --ema"):
+        Trainer(_cfg(sample_dir, plain, epochs=2, ema=0.9), progress=False).resume()

@@ -73,8 +73,20 @@ class TrainConfig:
     hard_negatives: float = 0.0  # share of training items replaced by a hard negative (see hard_negatives.py)
     init: str | None = None  # start from these weights (a run folder's best.pt, or a .pt): fine-tuning
     keep: str = "best"  # best: best.pt is the best-validation-Dice epoch | last: the last epoch
+    ema: float = 0.0  # decay per step of an exponential moving average of the weights (0: none); the average is
+    # what is validated and saved
     command: str = ""
     extra: dict = field(default_factory=dict)
+
+
+def weight_average(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of ``model``'s weights and BatchNorm statistics, updated after each step
+    (``avg = decay * avg + (1 - decay) * w``; the first update copies ``w``), as timm's ModelEma."""
+    if not 0.0 < decay < 1.0:
+        raise EdgesegError(f"--ema {decay} is not a decay", "use a value between 0 and 1, such as 0.999")
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 class Interrupted(EdgesegError):
@@ -217,6 +229,7 @@ class Trainer:
         if cfg.precision == "bf16":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.ema = weight_average(self.model, cfg.ema) if cfg.ema else None
         self.hard_negatives = HardNegatives() if cfg.hard_negatives > 0 else None
         self.start_epoch, self.best_dice, self.best_epoch = 1, -1.0, 0
 
@@ -279,6 +292,8 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             total += float(loss.detach()) * len(x)
             n += len(x)
             bar.set_postfix(loss=f"{total / n:.4f}")
@@ -286,13 +301,14 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, sources=None) -> tuple[float, list[np.ndarray], list[np.ndarray]]:
-        """Validation loss, plus foreground probabilities and masks at model size for the Dice."""
-        self.model.eval()
+        """Validation loss, plus foreground probabilities and masks at model size for the Dice (of ``result``)."""
+        net = self.result
+        net.eval()
         probs, gts, total, n = [], [], 0.0, 0
         for x, y in self._loader(self._entries("val", sources), augment=False, shuffle=False, epoch=0):
             xd = self._to(x)
             with _autocast(self.device, self.cfg.precision):
-                logits = self.model(xd).float()
+                logits = net(xd).float()
             total += float(segmentation_loss(logits, y.to(self.device))) * len(x)
             n += len(x)
             probs += list(torch.sigmoid(logits).cpu().numpy())
@@ -309,6 +325,11 @@ class Trainer:
         n = sum(k for _, k in losses)
         return sum(v * k for v, k in losses) / max(n, 1), dices
 
+    @property
+    def result(self) -> torch.nn.Module:
+        """The network the run produces: the weight average with ``ema``, else the trained weights."""
+        return self.model if self.ema is None else self.ema.module
+
     # -- checkpoints ----------------------------------------------------------------------------
     def _save(self, path: Path, obj) -> None:
         with atomic_path(path) as tmp:
@@ -323,6 +344,7 @@ class Trainer:
                 "epoch": epoch,
                 "best_dice": self.best_dice,
                 "best_epoch": self.best_epoch,
+                **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             },
         )
 
@@ -335,6 +357,10 @@ class Trainer:
         ck = torch.load(last, map_location=self.device, weights_only=True)
         self.model.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["optimizer"])
+        if self.ema is not None:
+            if "ema" not in ck:
+                raise EdgesegError(f"{last} was saved without --ema", "resume with the run's own options")
+            self.ema.load_state_dict(ck["ema"])
         self.start_epoch = int(ck["epoch"]) + 1
         self.best_dice, self.best_epoch = float(ck["best_dice"]), int(ck["best_epoch"])
         log = self.out / "log.jsonl"
@@ -410,7 +436,7 @@ class Trainer:
                     val_dice = float(np.mean(list(per_source.values())))
                     if val_dice > self.best_dice or cfg.keep == "last":
                         self.best_dice, self.best_epoch = val_dice, epoch
-                        self._save(self.out / "best.pt", self.model.state_dict())
+                        self._save(self.out / "best.pt", self.result.state_dict())
                     row = {
                         "epoch": epoch,
                         "train_loss": round(train_loss, 5),
@@ -462,7 +488,7 @@ class Trainer:
     def finish(self) -> dict:
         """Load the best model, choose the threshold on validation, write its card and a summary."""
         state = torch.load(self.out / "best.pt", map_location=self.device, weights_only=True)
-        self.model.load_state_dict(state)
+        self.result.load_state_dict(state)
         _, probs, gts = self.validate()
         threshold, val_dice = choose_threshold(probs, gts)
         rows = [json.loads(ln) for ln in (self.out / "log.jsonl").read_text().splitlines() if ln.strip()]
@@ -507,6 +533,7 @@ class Trainer:
                 "hard_negatives": cfg.hard_negatives,
                 "init": cfg.init,
                 "keep": cfg.keep,
+                "ema": cfg.ema,
                 "loss": "bce+dice",
                 **cfg.extra,
             },

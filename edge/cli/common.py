@@ -147,5 +147,8 @@ def training_options(*, out_help: str, augment: str, schedule: str, warmup_epoch
         click.option("--keep", type=click.Choice(["best", "last"]), default="best", show_default=True,
                      help="Which epoch best.pt holds: the best validation Dice, or the last (fine-tuning with "
                      "--hard-negatives, whose negatives validation Dice does not see)."),
+        click.option("--ema", type=float, default=0.0, show_default=True,
+                     help="Validate and keep an exponential moving average of the weights, with this decay per "
+                     "step (0.999: about the last 1000 steps); 0: the trained weights."),
         click.option("--recipe", default=recipe, show_default=True, help="Label of the recipe, recorded in the card."),
     )
