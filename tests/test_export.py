@@ -106,23 +106,6 @@ def test_two_channel_model_exports_foreground_and_boundary_outputs(tmp_path):
     assert logit_parity(net, path, x)["max_abs_prob_diff"] <= 1e-4
 
 
-def test_exported_graph_is_the_inference_form_reading_the_image_once(tmp_path):
-    torch.manual_seed(0)
-    net = build_model("shuffle_unet_px", out_channels=2)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_var.uniform_(0.5, 2.0)
-    net.eval()
-    card = new_card("shuffle_unet_px", out_channels=2, outputs=["foreground", "boundary"])
-    path = torch_to_onnx(net, card, tmp_path / "px.onnx")
-    graph = onnx.load(str(path)).graph
-    assert [n.op_type for n in graph.node if "image" in n.input] == ["Conv"]  # stem and pixel skip: one conv
-    assert sum(isinstance(m, torch.nn.Conv2d) and m.in_channels == 3 for m in net.modules()) == 2  # untouched
-    x = np.random.default_rng(0).normal(size=(1, 3, 256, 256)).astype(np.float32)
-    assert logit_parity(net, path, x)["max_abs_prob_diff"] <= 1e-4
-
-
 def test_export_flushes_subnormal_weights_that_slow_x86_cpus(tmp_path):
     torch.manual_seed(0)
     net = build_model("fast_scnn").eval()

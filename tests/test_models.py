@@ -301,32 +301,3 @@ def test_candidates_export_to_static_onnx_graphs_with_two_outputs(name, tmp_path
     with torch.no_grad():
         expected = torch.sigmoid(model(x)).numpy()
     assert abs(fg - expected[:, :1]).max() < 1e-4 and abs(boundary - expected[:, 1:]).max() < 1e-4
-
-
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_the_inference_form_computes_the_same_logits_and_leaves_the_model_alone(name):
-    from edgeseg.train.models import reparameterize
-
-    torch.manual_seed(0)
-    net = build_model(name, out_channels=2)
-    with torch.no_grad():  # BatchNorm statistics that are not the identity, so that folding them matters
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-    net.eval()
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    fast = reparameterize(net)
-    x = torch.rand(2, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.allclose(fast(x), net(x), atol=1e-5)
-    assert net.state_dict().keys() == before.keys()
-    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
-
-    def input_convs(m):
-        return sum(isinstance(c, torch.nn.Conv2d) and c.in_channels == 3 for c in m.modules())
-
-    # shuffle_unet_px reads the input once (one patch embedding for stem and pixel skip); the others are unchanged
-    assert input_convs(fast) == (1 if name == "shuffle_unet_px" else input_convs(net))
-    assert input_convs(net) == (2 if name == "shuffle_unet_px" else input_convs(fast))

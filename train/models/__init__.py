@@ -37,7 +37,6 @@ from .registry import (
     check_model_name,
     list_models,
     register_model,
-    reparameterize,
     resolve_encoder_weights,
 )
 
@@ -55,6 +54,5 @@ __all__ = [
     "list_models",
     "load_encoder_weights",
     "register_model",
-    "reparameterize",
     "resolve_encoder_weights",
 ]

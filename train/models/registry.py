@@ -8,7 +8,6 @@ Fast-SCNN).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,17 +52,6 @@ def build_model(name: str, **kwargs) -> nn.Module:
     except KeyError:
         raise UnknownModelError(f"unknown model {name!r}: choose one of {', '.join(_MODELS)}") from None
     return factory(**kwargs)
-
-
-def reparameterize(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in its inference form, in eval mode: every submodule with a ``reparameterize()`` method
-    rewrites itself into an equivalent, cheaper graph (as timm's ``reparameterize_model``). The model given, its
-    state dict and its checkpoints keep the training form; export calls this before tracing."""
-    model = copy.deepcopy(model).eval()
-    for module in list(model.modules()):
-        if hasattr(module, "reparameterize"):
-            module.reparameterize()
-    return model
 
 
 def architecture_rows(size: int = 256) -> list[dict]:
