@@ -171,7 +171,8 @@ def write_markdown(results: dict) -> str:
         "scored through the runtime's Segmenter (`edgeseg eval FILE`). *Drop* = PyTorch FP32 Dice - file's Dice "
         "(positive = worse). *Guard* = the strategy the INT8 accuracy guard kept and its validation-split Dice "
         "drop against the FP32 ONNX file (budget 0.005). *Executed* = what the runtime really ran on this "
-        "machine (OpenVINO runs FP32/FP16 IR as bf16 on this AMX CPU). Latency: model only, one 256x256 image, "
+        "machine (OpenVINO runs FP32/FP16 IR as bf16 on a CPU with bf16 instructions: AMX or AVX-512 BF16). "
+        "Latency: model only, one 256x256 image, "
         "median of per-call times over interleaved rounds, all cores of this machine; **the 2-core machine was "
         "shared with other jobs while measuring, so absolute times are noisy; compare within a network only**.",
         "",

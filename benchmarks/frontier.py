@@ -11,10 +11,10 @@ with ``edgeseg.export.onnx.torch_to_onnx``):
 1. Model-only FPS: the zoo's files (``Zoo.variants(network, precision=...)`` in the order each backend reads
    them; OpenVINO reads the ``.onnx`` where there is no IR), ONNX Runtime and OpenVINO, FP32 and INT8, 2 threads
    and 1, timed as ``edgeseg bench`` times them (``edgeseg.device.bench.time_predictor``: 10 warm-up calls, 100
-   consecutive single inferences of one preprocessed 256x256 sample image); ``--rounds`` rounds (3); in each,
-   per backend and thread count, every file once, each between two timings of ``fast_scnn-int8`` (R A R B R ...,
-   the order rotated from round to round), its ratio taken to the mean of those two; a cell is the median FPS and
-   the median ratio over the rounds.
+   consecutive single inferences of one preprocessed 256x256 sample image); ``--rounds`` rounds (5: on a shared
+   2-core VM one 2-thread ratio moves by up to 10 %); in each, per backend and thread count, every file once,
+   each between two timings of ``fast_scnn-int8`` (R A R B R ..., the order rotated from round to round), its
+   ratio taken to the mean of those two; a cell is the median FPS and the median ratio over the rounds.
 2. DSB2018 canonical test split (68 images), scored as ``edgeseg eval`` scores it
    (``edgeseg.evaluate.evaluate_folder``): Dice@256, F1@0.5, mAP, count MAE; the INT8 file the runtime would use
    (``Zoo.variants(network, precision="int8")[0]``) and the FP32 file.
@@ -626,7 +626,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--models", default=None, help="comma-separated zoo networks [every network in the zoo]")
     ap.add_argument("--extra", nargs="*", default=[], metavar="RUN_OR_FILE",
                     help="more rows: zoo networks, .onnx/.xml files, training run folders (exported to FP32 ONNX)")
-    ap.add_argument("--rounds", type=int, default=None, help="speed rounds [3; 1 with --quick]")
+    ap.add_argument("--rounds", type=int, default=None, help="speed rounds [5; 1 with --quick]")
     ap.add_argument("--iterations", type=int, default=None, help="timed calls [100; 30 with --quick]")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="a smoke test: few images, 1 round")
@@ -635,7 +635,7 @@ def parse_args() -> argparse.Namespace:
                     help="measure nothing: write the tables again from the result stem's .json")
     args = ap.parse_args()
     q = args.quick
-    args.rounds = args.rounds or (1 if q else 3)
+    args.rounds = args.rounds or (1 if q else 5)
     args.iterations = args.iterations or (30 if q else 100)
     args.limit, args.monuseg_limit = (8, 2) if q else (None, None)
     args.clip_limit, args.noise_frames = (12, 1) if q else (None, 4)

@@ -34,7 +34,8 @@ NAMES = ("shuffle_unet_px_dsb300", "shuffle_unet_px_dsb300_hn", "shuffle_unet_px
          "shuffle_unet_px_hn_ours", "shuffle_unet_px_hn_lr1", "shuffle_unet_px_dsb300_hn_c3",
          "shuffle_unet_px_dsb300_hn_c8", "shuffle_unet_px_scratch_c8", "shuffle_unet_px_scratch_hn_c8",
          "shuffle_unet_px_c8_hn_c8", "shuffle_unet_px_c8_hn_c8_e50", "shuffle_unet_px_scratch_c8_e450",
-         "shuffle_unet_px_scratch_c12")
+         "shuffle_unet_px_scratch_c12", "shuffle_unet_px_ft60_noema", "shuffle_unet_px_ft60_ema",
+         "shuffle_unet_px_ft150_ema", "shuffle_unet_px_ft150_ema_lr6")
 SHIPPED_CARD = Path(__file__).resolve().parents[1] / "edge" / "zoo" / "shuffle_unet_px.card.json"
 BACKGROUND_KINDS = ("dsb_inpainted", "dsb_speckle")
 

@@ -33,9 +33,9 @@ and every candidate post-processing is scored on those predictions:
    F1@0.5 0.51 with cc).
 
 The threshold stays the card's (chosen for Dice at training time). ``--write`` puts the choice into the
-``postprocess`` of every card of the network in ``edge/zoo/`` (the side cards; nothing else in them changes; the
-card embedded in an ONNX/OpenVINO file is not rewritten: the side card wins whenever it is there, see
-``edgeseg.segmenter._resolve``). Results: ``benchmarks/results/postprocess_tuning.md`` (and ``.json``).
+``postprocess`` of every card of the network in ``edge/zoo/`` (nothing else in them changes) and puts each side
+card back inside its ONNX/OpenVINO file (``edgeseg.export.pipeline.refresh_embedded_card``), so that a file
+copied alone counts as its side card says. Results: ``benchmarks/results/postprocess_tuning.md`` (and ``.json``).
 """
 
 from __future__ import annotations
