@@ -211,6 +211,10 @@ def test_weight_average_copies_first_then_moves_by_one_minus_decay():
     ema.update_parameters(net)
     assert float(ema.module[0].weight) == pytest.approx(0.75 * 2.0 + 0.25 * 6.0)
     assert float(ema.module[1].running_mean) == pytest.approx(0.75 * 4.0)
+    from edgeseg.errors import EdgesegError
+
+    with pytest.raises(EdgesegError, match="not a decay"):
+        weight_average(net, 1.0)
 
 
 def test_ema_run_saves_and_resumes_the_average_not_the_trained_weights(sample_dir, tmp_path):
