@@ -50,8 +50,12 @@ VARIANTS = (("onnx", "fp32", "x86"), ("onnx", "int8", "x86"), ("onnx", "int8", "
 
 # the INT8 ONNX guard ladder of a network where the default (edgeseg.export.quantize.ONNX_STRATEGIES in order, the
 # first rung within budget) is not the best: shuffle_unet_px's per-channel weights keep its validation Dice (drop
-# -0.0002 against per-tensor's +0.0015; DSB test Dice@256 0.8997 against 0.8978) at the same speed (ONNX Runtime,
-# 2-core EPYC, interleaved: 0.97x / 1.05x per-tensor's FPS at 1 / 2 threads)
+# -0.0002 against per-tensor's +0.0015 for the 300-epoch weights) at the same speed (ONNX Runtime, 2-core EPYC,
+# interleaved: 0.97x / 1.05x per-tensor's FPS at 1 / 2 threads). Percentile activation ranges on top
+# (per-channel+percentile, fine-tuned weights) scored better on DSB validation with the card's post-processing
+# fixed (Dice@256 0.8939 against 0.8927, F1@0.5 0.839 against 0.837), but worse once each file had its own
+# post-processing chosen by tune_postprocess (F1@0.5 0.822 against 0.839: stained frames went to plain connected
+# components for MoNuSeg's count), so it is not the first rung.
 ONNX_INT8_LADDER = {"shuffle_unet_px": ("per-channel", "per-channel+float-ends")}
 SHIP_FP32_BELOW = 20e6  # bytes: no file over 20 MB in the repository
 TIMING_ROUNDS, TIMING_ITERATIONS = 3, 40

@@ -8,6 +8,7 @@ ONNX (static QDQ, after ``quant_pre_process``; MinMax calibration unless the str
                                calibration values instead of their extremes (a few outlying activations no longer
                                stretch a tensor's scale over the values that matter)
   ``per-channel``              one scale per output channel of each weight
+  ``per-channel+percentile``   per-channel weights and percentile activation ranges
   ``per-channel+float-ends``   per-channel, and the first convolution and the output head (the last convolution
                                and everything after it: resize, sigmoid, slices) stay in float
 
@@ -36,7 +37,8 @@ from edgeseg.errors import EdgesegError
 
 from .calibration import CalibrationSet
 
-ONNX_STRATEGIES = ("per-tensor", "per-tensor+percentile", "per-channel", "per-channel+float-ends")
+ONNX_STRATEGIES = ("per-tensor", "per-tensor+percentile", "per-channel", "per-channel+percentile",
+                   "per-channel+float-ends")
 CALIB_PERCENTILE = 99.99  # per-tensor+percentile: the share of calibration values each activation range covers
 OPENVINO_STRATEGIES = ("default", "mixed+float-ends", "accuracy-control")
 TARGETS = ("x86", "x86-no-vnni", "arm")

@@ -519,3 +519,5 @@ def test_percentile_calibration_keeps_one_outlier_from_stretching_an_activation_
     assert not s2["per_channel"]
     assert minmax == pytest.approx(1000.0 / 255, rel=0.01)
     assert pct < 1.5 / 255  # the 0-1 values get the whole uint8 range
+    both, s3 = input_scale("per-channel+percentile")  # the two combine: per-channel weights, percentile ranges
+    assert s3["per_channel"] and s3["calibrate_method"].startswith("Percentile") and both == pytest.approx(pct)
