@@ -33,8 +33,9 @@ and every candidate post-processing is scored on those predictions:
    F1@0.5 0.51 with cc).
 
 The threshold stays the card's (chosen for Dice at training time). ``--write`` puts the choice into the
-``postprocess`` of every card of the network in ``edge/zoo/`` (nothing else in them changes) and puts each side
-card back inside its ONNX/OpenVINO file (``edgeseg.export.pipeline.refresh_embedded_card``), so that a file
+``postprocess`` of every card of the network in ``edge/zoo/``, scores each file on the DSB2018 test split again
+with it (the card's test metrics; nothing else in the cards changes), and puts each side card back inside its
+ONNX/OpenVINO file (``edgeseg.export.pipeline.refresh_embedded_card``), so that a file
 copied alone counts as its side card says. Results: ``benchmarks/results/postprocess_tuning.md`` (and ``.json``).
 """
 
@@ -281,11 +282,27 @@ def tune(network: str, path: Path, card, data: dict, preds: dict) -> dict:
             "filters": filters, "filter_chosen": chosen}
 
 
+def test_metrics(model_file: Path, card: dict) -> dict:
+    """A zoo file's DSB2018 test metrics with its card as it now is, by the protocol that first wrote them:
+    ``edgeseg eval``'s for an exported file (``export.pipeline.evaluate_file``), the paper's for a checkpoint
+    (``publish_zoo.test_metrics``: every image resized whole)."""
+    from edgeseg.export.pipeline import evaluate_file
+
+    if model_file.suffix.lower() in (".onnx", ".xml"):
+        return evaluate_file(model_file, DSB)
+    from publish_zoo import test_metrics as checkpoint_metrics
+
+    from edgeseg.train.predict import load_checkpoint, torch_predictor
+
+    return checkpoint_metrics(torch_predictor(load_checkpoint(model_file, card)), card, DSB)
+
+
 def write_cards(network: str, post: dict) -> list[str]:
-    """Put ``post`` into every zoo card of ``network`` (only ``postprocess`` and ``postprocess_chosen_on``
-    change), written to a temporary name and renamed, and the card into its ONNX / OpenVINO file too
-    (:func:`edgeseg.export.pipeline.refresh_embedded_card`: the file copied alone counts as the card says; the
-    card's sha256 follows the file)."""
+    """Put ``post`` into every zoo card of ``network`` (``postprocess`` and ``postprocess_chosen_on``), score the
+    file on the DSB2018 test split again with it where the card holds test metrics (its F1, mAP and counts were
+    those of the post-processing before), write each card to a temporary name and rename it, and put the card into
+    its ONNX / OpenVINO file too (:func:`edgeseg.export.pipeline.refresh_embedded_card`: the file copied alone
+    counts as the card says; the card's sha256 follows the file)."""
     from edgeseg.card import ModelCard
     from edgeseg.export.pipeline import refresh_embedded_card
     from edgeseg.fsutil import atomic_write_json
@@ -300,6 +317,9 @@ def write_cards(network: str, post: dict) -> list[str]:
                                          "DSB validation images (benchmarks/tune_postprocess.py)")
         atomic_write_json(cp, card)
         model_file = ZOO_DIR / card["file"]
+        if "test" in card.get("metrics", {}):
+            card["metrics"]["test"] = test_metrics(model_file, card)
+            atomic_write_json(cp, card)
         if model_file.suffix.lower() in (".onnx", ".xml"):
             refresh_embedded_card(model_file)
         done.append(cp.name)
