@@ -49,6 +49,21 @@ def test_executed_precision_is_read_back(tmp_path):
     assert ov_default.info()["inference_precision_hint"] == ov_default.executed_precision
 
 
+def test_openvino_runs_onnx_files_in_fp32_on_arm_unless_asked_otherwise(tmp_path, monkeypatch):
+    import openvino as ov
+
+    import edgeseg.zoo
+
+    path = write_threshold_onnx(tmp_path / "m.onnx")
+    ov.save_model(ov.Core().read_model(str(path)), str(tmp_path / "m-ov.xml"))
+    device_default = open_backend(path, "openvino").info()["inference_precision_hint"]  # this x86: bf16 or fp32
+    monkeypatch.setattr(edgeseg.zoo, "cpu_family", lambda: "arm")
+    assert open_backend(path, "openvino").info()["inference_precision_hint"] == "fp32"
+    asked = open_backend(path, "openvino", inference_precision="bf16").info()["inference_precision_hint"]
+    assert asked in ("bf16", device_default)  # the caller's hint goes through (a CPU without bf16 may run fp32)
+    assert open_backend(tmp_path / "m-ov.xml", "openvino").info()["inference_precision_hint"] == device_default
+
+
 def test_embedded_card_reads_back_from_onnx_and_openvino(tmp_path):
     import openvino as ov
 

@@ -25,7 +25,7 @@ Ctrl-C and SIGTERM finish the frame in flight, finalise the recording and the lo
 def run(as_json, bundle, **options) -> None:
     """Segment and count nuclei live from a camera, a video or a stack, on the CPU, logging FPS.
 
-    With no options: the shipped sample clip through the shipped Fast-SCNN INT8 model; the overlay
+    With no options: the shipped sample clip through the default model (shuffle_unet_px-int8); the overlay
     video and the JSONL log go to edgeseg-runs/TIMESTAMP/ and an FPS summary is printed.
 
     \b
