@@ -96,9 +96,12 @@ def torch_to_onnx(
     opset: int = OPSET,
     dynamic_batch: bool = True,
     fp16_storage: bool = False,
+    example: np.ndarray | None = None,
 ) -> Path:
     """Export ``net`` (logits) to ``out_path`` as an FP32 ONNX graph with probabilities out and the card inside.
 
+    The graph is the network's inference form (:func:`edgeseg.train.models.reparameterize`; the same function),
+    its INT8 ranges equalised on ``example`` (preprocessed calibration images, N x 3 x S x S) where given.
     Uses the TorchScript-based exporter (``dynamo=False``), which exports all three zoo networks to plain
     static graphs. ``out_path`` is written in place: callers write into a temporary folder.
 
@@ -109,8 +112,12 @@ def torch_to_onnx(
     """
     if opset < 17:
         raise ModelError(f"ONNX opset {opset} is too old", "use opset 17 or newer")
+    from edgeseg.train.models import reparameterize
+
     names = output_names(card)
     size = [int(s) for s in card.get("input_size", (256, 256))]
+    if not fp16_storage:  # the inference form folds BatchNorm into new weights: not for exact float16 storage
+        net = reparameterize(net, None if example is None else torch.from_numpy(np.asarray(example)))
     wrapper = Probabilities(net.eval(), len(names)).eval()
     dummy = torch.zeros(1, 3, *size)
     axes = {n: {0: "batch"} for n in [INPUT_NAME, *names]} if dynamic_batch else None

@@ -285,7 +285,7 @@ def _reference_onnx(b: _Build) -> None:
     b.fp32_card = dict(b.card, format="onnx", precision="fp32", name=b.card["name"])
     b.fp32 = b.work / "fp32.onnx"
     b.say(f"exporting {b.ref.name} to ONNX (opset {OPSET})")
-    torch_to_onnx(b.net, b.fp32_card, b.fp32)
+    torch_to_onnx(b.net, b.fp32_card, b.fp32, example=None if b.calib is None else b.calib.inputs)
     b.card["export"]["opset"] = OPSET
     b.x = parity_inputs(b.card)
     b.card["export"]["parity_onnx_fp32"] = b.parity(b.fp32, "ONNX")

@@ -106,6 +106,23 @@ def test_two_channel_model_exports_foreground_and_boundary_outputs(tmp_path):
     assert logit_parity(net, path, x)["max_abs_prob_diff"] <= 1e-4
 
 
+def test_exported_graph_is_the_inference_form_reading_the_image_once(tmp_path):
+    torch.manual_seed(0)
+    net = build_model("shuffle_unet_px", out_channels=2)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    card = new_card("shuffle_unet_px", out_channels=2, outputs=["foreground", "boundary"])
+    path = torch_to_onnx(net, card, tmp_path / "px.onnx")
+    graph = onnx.load(str(path)).graph
+    assert [n.op_type for n in graph.node if "image" in n.input] == ["Conv"]  # stem and pixel skip: one conv
+    assert sum(isinstance(m, torch.nn.Conv2d) and m.in_channels == 3 for m in net.modules()) == 2  # untouched
+    x = np.random.default_rng(0).normal(size=(1, 3, 256, 256)).astype(np.float32)
+    assert logit_parity(net, path, x)["max_abs_prob_diff"] <= 1e-4
+
+
 def test_export_flushes_subnormal_weights_that_slow_x86_cpus(tmp_path):
     torch.manual_seed(0)
     net = build_model("fast_scnn").eval()
@@ -521,3 +538,54 @@ def test_percentile_calibration_keeps_one_outlier_from_stretching_an_activation_
     assert pct < 1.5 / 255  # the 0-1 values get the whole uint8 range
     both, s3 = input_scale("per-channel+percentile")  # the two combine: per-channel weights, percentile ranges
     assert s3["per_channel"] and s3["calibrate_method"].startswith("Percentile") and both == pytest.approx(pct)
+
+
+def test_concat_inputs_are_quantised_to_the_output_scale_so_the_runtime_copies_them(tmp_path):
+    """A decoder's concatenation: a narrow branch (through a float Resize, as ONNX Runtime runs it) beside a wide
+    skip. After quantize_onnx every input of the Concat has the output's scale (QLinearConcat then copies bytes),
+    and the INT8 file still computes the float network's function."""
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from edgeseg.export.calibration import CalibrationSet
+    from edgeseg.export.quantize import quantize_onnx, share_concat_scales
+
+    rng = np.random.default_rng(0)
+    w_narrow = numpy_helper.from_array(rng.normal(0, 0.05, (4, 3, 1, 1)).astype(np.float32), "w_narrow")
+    w_wide = numpy_helper.from_array(rng.normal(0, 1.0, (4, 3, 1, 1)).astype(np.float32), "w_wide")
+    w_out = numpy_helper.from_array(rng.normal(0, 0.5, (2, 8, 1, 1)).astype(np.float32), "w_out")
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    nodes = [
+        helper.make_node("MaxPool", ["image"], ["half"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["half", "w_narrow"], ["n0"]), helper.make_node("Relu", ["n0"], ["n1"]),
+        helper.make_node("Resize", ["n1", "", "scales"], ["up"], mode="linear"),
+        helper.make_node("Conv", ["image", "w_wide"], ["s0"]), helper.make_node("Relu", ["s0"], ["skip"]),
+        helper.make_node("Concat", ["up", "skip"], ["cat"], axis=1),
+        helper.make_node("Conv", ["cat", "w_out"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "decoder", [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, 2, 32, 32])],
+        [w_narrow, w_wide, w_out, scales])
+    fp32 = tmp_path / "decoder.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(fp32))
+    calib = CalibrationSet(rng.uniform(0, 1, (8, 3, 32, 32)).astype(np.float32), [f"im{i}" for i in range(8)])
+    out = tmp_path / "int8.onnx"
+    settings = quantize_onnx(fp32, out, calib, strategy="per-tensor", work_dir=tmp_path)
+    assert settings["concat_inputs_moved_to_output_scale"] == 1  # the narrow branch; the skip is the widest
+
+    model = onnx.load(str(out))
+    inits = {i.name: float(numpy_helper.to_array(i)) for i in model.graph.initializer if not i.dims}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    concat = next(n for n in model.graph.node if n.op_type == "Concat")
+    after = next(n for n in model.graph.node if concat.output[0] in n.input)
+    in_scales = {inits[producers[t].input[1]] for t in concat.input}
+    assert in_scales == {inits[after.input[1]]}
+    assert share_concat_scales(model) == 0  # done once
+
+    # still the float network's function to within INT8 rounding (the branch is rounded once, to the grid the
+    # Concat requantised it to before)
+    x = rng.uniform(0, 1, (1, 3, 32, 32)).astype(np.float32)
+    new = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    ref = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    assert np.abs(new - ref).max() < 0.05 * np.abs(ref).max()

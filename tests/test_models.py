@@ -301,3 +301,67 @@ def test_candidates_export_to_static_onnx_graphs_with_two_outputs(name, tmp_path
     with torch.no_grad():
         expected = torch.sigmoid(model(x)).numpy()
     assert abs(fg - expected[:, :1]).max() < 1e-4 and abs(boundary - expected[:, 1:]).max() < 1e-4
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_the_inference_form_computes_the_same_logits_and_leaves_the_model_alone(name):
+    from edgeseg.train.models import reparameterize
+
+    torch.manual_seed(0)
+    net = build_model(name, out_channels=2)
+    with torch.no_grad():  # BatchNorm statistics that are not the identity, so that folding them matters
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+    net.eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    fast = reparameterize(net)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), net(x), atol=1e-5)
+    assert net.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+    def input_convs(m):
+        return sum(isinstance(c, torch.nn.Conv2d) and c.in_channels == 3 for c in m.modules())
+
+    # shuffle_unet_px reads the input once (one patch embedding for stem and pixel skip); the others are unchanged
+    assert input_convs(fast) == (1 if name == "shuffle_unet_px" else input_convs(net))
+    assert input_convs(net) == (2 if name == "shuffle_unet_px" else input_convs(fast))
+
+
+def test_the_inference_form_equalises_the_merged_embeddings_ranges_on_example_images():
+    """The two patch embeddings share one INT8 scale once merged: given example inputs, each stem channel is
+    scaled to the pixel skip's range (its depthwise reader scaled back), so both fill it; the logits stay."""
+    from edgeseg.train.models import reparameterize
+
+    torch.manual_seed(0)
+    net = build_model("shuffle_unet_px", out_channels=2)
+    with torch.no_grad():
+        net.stem[0][1].weight.fill_(0.1)  # the stem's channels span a tenth of the pixel skip's
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    x = torch.rand(4, 3, 64, 64)
+    plain, equalised = reparameterize(net), reparameterize(net, example=x)
+    with torch.no_grad():
+        assert torch.allclose(equalised(x), net(x), atol=1e-4)
+        assert torch.allclose(plain(x), net(x), atol=1e-4)
+
+        def group_max(model):
+            out = model.embed(x).amax(dim=(0, 2, 3))
+            return out[:16], out[16:].max()
+
+        before, skip = group_max(plain)
+        assert before.max() < skip / 3  # merged as is: the stem's channels would get a third of the INT8 levels
+        after, skip_after = group_max(equalised)
+    from edgeseg.train.models.shuffle_unet import MAX_EQUALISATION
+
+    assert torch.allclose(skip_after, skip)
+    reachable = before * MAX_EQUALISATION >= skip  # a nearly dead channel is scaled at most MAX_EQUALISATION
+    assert reachable.sum() >= 12
+    assert torch.allclose(after[reachable], skip.expand(int(reachable.sum())), rtol=1e-4)
+    assert torch.allclose(after[~reachable], before[~reachable] * MAX_EQUALISATION, rtol=1e-4)

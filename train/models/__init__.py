@@ -37,6 +37,7 @@ from .registry import (
     check_model_name,
     list_models,
     register_model,
+    reparameterize,
     resolve_encoder_weights,
 )
 
@@ -54,5 +55,6 @@ __all__ = [
     "list_models",
     "load_encoder_weights",
     "register_model",
+    "reparameterize",
     "resolve_encoder_weights",
 ]

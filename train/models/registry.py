@@ -8,6 +8,7 @@ Fast-SCNN).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,6 +53,20 @@ def build_model(name: str, **kwargs) -> nn.Module:
     except KeyError:
         raise UnknownModelError(f"unknown model {name!r}: choose one of {', '.join(_MODELS)}") from None
     return factory(**kwargs)
+
+
+def reparameterize(model: nn.Module, example=None) -> nn.Module:
+    """A copy of ``model`` in its inference form, in eval mode: every submodule with a ``reparameterize()`` method
+    rewrites itself into an equivalent, cheaper graph (as timm's ``reparameterize_model``). The model given, its
+    state dict and its checkpoints keep the training form; export calls this before tracing.
+
+    ``example``: inputs of the model (calibration images, a tensor), given to the model's own ``reparameterize``
+    (not to its submodules, whose inputs differ) where it equalises activation ranges for INT8."""
+    model = copy.deepcopy(model).eval()
+    for module in list(model.modules()):
+        if hasattr(module, "reparameterize"):
+            module.reparameterize(**({"example": example} if module is model and example is not None else {}))
+    return model
 
 
 def architecture_rows(size: int = 256) -> list[dict]:
