@@ -113,6 +113,7 @@ def test_exported_graph_is_the_inference_form_reading_the_image_once(tmp_path):
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_var.uniform_(0.5, 2.0)
+        net.stem[0][1].weight.fill_(0.1)  # the stem's activations narrower than the pixel skip's
     net.eval()
     card = new_card("shuffle_unet_px", out_channels=2, outputs=["foreground", "boundary"])
     path = torch_to_onnx(net, card, tmp_path / "px.onnx")
@@ -121,6 +122,21 @@ def test_exported_graph_is_the_inference_form_reading_the_image_once(tmp_path):
     assert sum(isinstance(m, torch.nn.Conv2d) and m.in_channels == 3 for m in net.modules()) == 2  # untouched
     x = np.random.default_rng(0).normal(size=(1, 3, 256, 256)).astype(np.float32)
     assert logit_parity(net, path, x)["max_abs_prob_diff"] <= 1e-4
+
+    # given calibration images, the merged convolution's stem rows are scaled up to the pixel skip's range (see
+    # test_models): another graph, the same probabilities
+    from onnx import numpy_helper
+
+    equalised = torch_to_onnx(net, card, tmp_path / "px-eq.onnx", example=x)
+
+    def stem_rows(p):
+        g = onnx.load(str(p)).graph
+        conv = next(n for n in g.node if "image" in n.input)
+        w = next(numpy_helper.to_array(i) for i in g.initializer if i.name == conv.input[1])
+        return np.abs(w[:16]).max()
+
+    assert stem_rows(equalised) > 3 * stem_rows(path)
+    assert logit_parity(net, equalised, x)["max_abs_prob_diff"] <= 1e-4
 
 
 def test_export_flushes_subnormal_weights_that_slow_x86_cpus(tmp_path):
