@@ -110,6 +110,8 @@ def share_concat_scales(model: onnx.ModelProto) -> int:
         q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
         if q is None or q.op_type != "QuantizeLinear":
             return None
+        if any(len(n.input) != 3 or not set(n.input[1:]) <= values.keys() for n in (q, dq)):
+            return None  # quantisation parameters that are not constants of the graph: nothing to compare
         source = producers.get(q.input[0])
         movable = (len(consumers[q.output[0]]) == 1 and len(consumers[name]) == 1
                    and (source is None or source.op_type not in QDQ_TRANSPARENT))
