@@ -568,6 +568,31 @@ def method_lines(meta: dict) -> list[str]:
     ]
 
 
+def rounds_table(entries: list[Entry], rows: list[dict]) -> str:
+    """ONNX Runtime INT8, round by round: each network's ratio and the reference's median FPS in that round (a
+    round where the host slowed every 2-thread timing shows as a low reference FPS)."""
+    ref = [e for e in entries if (e.label, "int8") == REFERENCE]
+    ref_file = ref[0].files.get((EVAL_BACKEND, "int8")) if ref else None
+    rounds = sorted({z["round"] for z in rows})
+    def of(name: str, threads: int, r: int, key: str) -> list[float]:
+        return [z[key] for z in rows if z["file"] == name and z["backend"] == EVAL_BACKEND
+                and z["threads"] == threads and z["round"] == r]
+
+    lines = []
+    for threads in THREADS:
+        if ref_file:
+            lines.append([f"`{ref_file.name}` FPS", f"{threads}", *(
+                fmt(statistics.median(v), ".0f") if (v := of(ref_file.name, threads, r, "fps")) else "-"
+                for r in rounds)])
+        for e in entries:
+            path = e.files.get((EVAL_BACKEND, "int8"))
+            if path is None or path == ref_file:
+                continue
+            lines.append([e.label, f"{threads}", *(
+                f"{v[0]:.2f}x" if (v := of(path.name, threads, r, "ratio")) else "-" for r in rounds)])
+    return markdown_table(["", "threads", *(f"round {r + 1}" for r in rounds)], lines)
+
+
 def markdown(entries: list[Entry], results: dict, meta: dict) -> str:
     cells, acc, bg, mags = results["speed"], results["accuracy"], results["background"], results["magnification"]
     notes = [f"* {e.label}: {e.note}" for e in entries if e.note]
@@ -577,6 +602,9 @@ def markdown(entries: list[Entry], results: dict, meta: dict) -> str:
         frontier_table(entries, cells, acc, bg, mags), "",
         "## Model-only FPS (x `fast_scnn-int8`, same backend, threads and round)", "",
         speed_table(entries, cells), "",
+        *(["Round by round, ONNX Runtime INT8 (ratio to `fast_scnn-int8` in the round; the first line is that "
+           "reference's median FPS in the round):", "", rounds_table(entries, results["speed_rows"]), ""]
+          if results.get("speed_rows") else []),
         "Executed precision as the runtimes report it: " + "; ".join(sorted(
             {f"{SHORT[k[1]]} {k[0]}: {v['executed']}" for k, v in cells.items()})) + ".", "",
         "## Accuracy (DSB2018 test, MoNuSeg test tiles)", "",
@@ -653,7 +681,7 @@ def rerender(stem: Path) -> None:
     for key, cell in data["speed"].items():  # "file/backend/threads", as main writes speed_cells' keys
         file, backend, threads = key.rsplit("/", 2)
         cells[(file, backend, int(threads))] = cell
-    results = {"speed": cells, **{k: data[k] for k in ("accuracy", "background", "magnification")}}
+    results = {"speed": cells, **{k: data[k] for k in ("accuracy", "background", "magnification", "speed_rows")}}
     write_results(stem, data, markdown(entries, results, data["meta"]))
 
 
@@ -689,7 +717,7 @@ def main() -> None:
             "n_dsb": len(dsb), "n_monuseg": monuseg_images(acc),
             "n_clip": len(data["clip"]), "clip_size": "x".join(map(str, data["clip"][0].shape[:2])),
             "dsb_gt_mean": float(np.mean([s.labels.max() for s in dsb])), "dsb_types": [s.image_type for s in dsb]}
-    results = {"speed": cells, "accuracy": acc, "background": bg, "magnification": mags}
+    results = {"speed": cells, "accuracy": acc, "background": bg, "magnification": mags, "speed_rows": rows}
     md = markdown(entries, results, meta)
     data_out = {"meta": meta, "entries": [{"label": e.label, "source": e.source, "params": e.params, "note": e.note,
                                            "files": {f"{b}/{p}": str(v.name) for (b, p), v in e.files.items()}}
