@@ -117,7 +117,7 @@ def share_concat_scales(model: onnx.ModelProto) -> int:
                    and (source is None or source.op_type not in QDQ_TRANSPARENT))
         return q, dq, movable
 
-    moved = 0
+    moved, displaced = 0, set()
     for concat in (n for n in g.node if n.op_type == "Concat"):
         after = consumers.get(concat.output[0], [])
         inputs = [quantised_input(t) for t in concat.input]
@@ -130,10 +130,15 @@ def share_concat_scales(model: onnx.ModelProto) -> int:
             continue
         for (q, dq, _), equal in zip(inputs, same, strict=True):
             if not equal:
+                displaced.update([*q.input[1:3], *dq.input[1:3]])
                 q.input[1:3], dq.input[1:3] = params, params
                 moved += 1
         for node in [after[0], *(c for c in consumers.get(after[0].output[0], []) if c.op_type == "DequantizeLinear")]:
+            displaced.update(node.input[1:3])
             node.input[1:3] = params
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    for init in [i for i in g.initializer if i.name in displaced and i.name not in used]:
+        g.initializer.remove(init)  # a parameter no node reads any more (ONNX Runtime would warn at every load)
     return moved
 
 
