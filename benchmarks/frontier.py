@@ -570,23 +570,24 @@ def method_lines(meta: dict) -> list[str]:
 
 def rounds_table(entries: list[Entry], rows: list[dict]) -> str:
     """ONNX Runtime INT8, round by round: each network's ratio and the reference's median FPS in that round (a
-    round where the host slowed every 2-thread timing shows as a low reference FPS)."""
-    ref = [e for e in entries if (e.label, "int8") == REFERENCE]
-    ref_file = ref[0].files.get((EVAL_BACKEND, "int8")) if ref else None
+    round where the host slowed every 2-thread timing shows as a low reference FPS). The reference is the file
+    the rows mark as such (``time_group``)."""
+    rows = [z for z in rows if z["backend"] == EVAL_BACKEND]
     rounds = sorted({z["round"] for z in rows})
+    ref_name = next((z["file"] for z in rows if z["reference"]), None)
+
     def of(name: str, threads: int, r: int, key: str) -> list[float]:
-        return [z[key] for z in rows if z["file"] == name and z["backend"] == EVAL_BACKEND
-                and z["threads"] == threads and z["round"] == r]
+        return [z[key] for z in rows if z["file"] == name and z["threads"] == threads and z["round"] == r]
 
     lines = []
     for threads in THREADS:
-        if ref_file:
-            lines.append([f"`{ref_file.name}` FPS", f"{threads}", *(
-                fmt(statistics.median(v), ".0f") if (v := of(ref_file.name, threads, r, "fps")) else "-"
+        if ref_name:
+            lines.append([f"`{ref_name}` FPS", f"{threads}", *(
+                fmt(statistics.median(v), ".0f") if (v := of(ref_name, threads, r, "fps")) else "-"
                 for r in rounds)])
         for e in entries:
             path = e.files.get((EVAL_BACKEND, "int8"))
-            if path is None or path == ref_file:
+            if path is None or path.name == ref_name:
                 continue
             lines.append([e.label, f"{threads}", *(
                 f"{v[0]:.2f}x" if (v := of(path.name, threads, r, "ratio")) else "-" for r in rounds)])
