@@ -392,9 +392,10 @@ def magnification_counts(path: Path, frames: list[np.ndarray], remember: bool) -
     for factor in MAGNIFICATIONS:
         with open_seg(path, remember_scale=remember) as seg:
             results = [seg(magnify(f, factor)) for f in frames]
+            measured_by = seg.info.get("scale_measured_by", "itself")
         out[str(factor)] = {"mean": float(np.mean([r.count for r in results])),
                             "size_first": list(magnify(frames[0], factor).shape[:2]),
-                            "plan": plan_summary(results), "frames": len(results)}
+                            "plan": plan_summary(results), "frames": len(results), "measured_by": measured_by}
     base = out["1.0"]["mean"]
     for v in out.values():
         v["ratio"] = v["mean"] / base if base else None
@@ -480,7 +481,9 @@ def magnification_table(entries: list[Entry], mags: dict) -> str:
             continue
         for what in ("clip", "dsb"):
             v = m[what]
-            rows.append([e.label, "clip (per frame)" if what == "clip" else "DSB test (per image)",
+            by = v["1.0"].get("measured_by", "itself")
+            rows.append([e.label if by == "itself" else f"{e.label} (nuclei measured by {by})",
+                         "clip (per frame)" if what == "clip" else "DSB test (per image)",
                          *[f"{v[str(f)]['mean']:.1f}" for f in MAGNIFICATIONS], ratio_text(v),
                          "; ".join(plan_text(f, v[str(f)]) for f in MAGNIFICATIONS)])
     header = ["network", "frames", *[f"x{f:g}" for f in MAGNIFICATIONS], "x0.5 / x2 / x4 over x1",
@@ -564,7 +567,9 @@ def method_lines(meta: dict) -> list[str]:
         "resized x0.5 / x1 / x2 / x4 (INTER_AREA down, INTER_LINEAR up); mean count per frame with `edgeseg "
         "run`'s defaults (`Segmenter.load(model, remember_scale=True)`, one Segmenter per magnification); the DSB "
         "images with one Segmenter per magnification, each image planned on its own. Ratios to x1; * = outside "
-        f"+-{MAG_TOLERANCE:.0%} (the target).",
+        f"+-{MAG_TOLERANCE:.0%} (the target). A network whose card names another to measure its nuclei "
+        "(`training_scale.measured_by`, chosen on validation: `benchmarks/results/sizer.md`) is measured by it, as "
+        "in `edgeseg run`; the table says so beside its name.",
     ]
 
 

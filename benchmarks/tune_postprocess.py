@@ -298,11 +298,22 @@ def test_metrics(model_file: Path, card: dict) -> dict:
 
 
 def write_cards(network: str, post: dict) -> list[str]:
-    """Put ``post`` into every zoo card of ``network`` (``postprocess`` and ``postprocess_chosen_on``), score the
-    file on the DSB2018 test split again with it where the card holds test metrics (its F1, mAP and counts were
-    those of the post-processing before), write each card to a temporary name and rename it, and put the card into
-    its ONNX / OpenVINO file too (:func:`edgeseg.export.pipeline.refresh_embedded_card`: the file copied alone
-    counts as the card says; the card's sha256 follows the file)."""
+    """Put ``post`` into every zoo card of ``network`` (``postprocess`` and ``postprocess_chosen_on``), through
+    :func:`rewrite_cards`."""
+    def edit(card: dict) -> None:
+        card["postprocess"] = {**card.get("postprocess", {}), **post}
+        card["postprocess_chosen_on"] = ("DSB2018 and MoNuSeg validation splits, background frames made from the "
+                                         "DSB validation images (benchmarks/tune_postprocess.py)")
+
+    return rewrite_cards(network, edit)
+
+
+def rewrite_cards(network: str, edit) -> list[str]:
+    """``edit`` (a function that changes a card's JSON object in place) applied to every zoo card of ``network``;
+    then the file is scored on the DSB2018 test split again where the card holds test metrics (its F1, mAP and
+    counts were those of the card before), each card is written to a temporary name and renamed, and the card is
+    put into its ONNX / OpenVINO file too (:func:`edgeseg.export.pipeline.refresh_embedded_card`: the file copied
+    alone counts as the card says; the card's sha256 follows the file). Returns the card files written."""
     from edgeseg.card import ModelCard
     from edgeseg.export.pipeline import refresh_embedded_card
     from edgeseg.fsutil import atomic_write_json
@@ -312,9 +323,7 @@ def write_cards(network: str, post: dict) -> list[str]:
         card = json.loads(cp.read_text())
         if ModelCard.from_dict(card).network != network:  # fast_scnn_he is a fast_scnn arch: match the network
             continue
-        card["postprocess"] = {**card.get("postprocess", {}), **post}
-        card["postprocess_chosen_on"] = ("DSB2018 and MoNuSeg validation splits, background frames made from the "
-                                         "DSB validation images (benchmarks/tune_postprocess.py)")
+        edit(card)
         atomic_write_json(cp, card)
         model_file = ZOO_DIR / card["file"]
         if "test" in card.get("metrics", {}):

@@ -201,6 +201,13 @@ class ModelCard:
         per_type = (self.training_scale or {}).get("per_type") or {}
         return {t: float(d) for t, d in per_type.items() if d}
 
+    @property
+    def measured_by(self) -> str | None:
+        """The network that measures this one's nuclei for the scale policy (``training_scale.measured_by``, chosen
+        on validation by ``benchmarks/choose_sizer.py``), None where the network measures them itself."""
+        other = (self.training_scale or {}).get("measured_by")
+        return str(other) if other and other != self.network else None
+
     def post_config(self, threshold: float | None = None):
         """The card's post-processing (:class:`edgeseg.postprocess.PostprocessConfig`), with ``threshold`` over it."""
         from .postprocess import PostprocessConfig

@@ -32,6 +32,13 @@ to ~5 px and H&E crops at ~12 px). :meth:`ScalePolicy.plan` decides, for one fra
   (``fast_scnn``: 1.9 -> 2.75 a frame on 20 validation images). A larger fluorescence frame in which the image's
   measure finds fewer than MIN_OBJECTS nuclei is resized unmeasured.
 
+A network whose own measure is weak may have its nuclei measured by another (``sizer``, a :class:`Sizer`; the
+card's ``training_scale.measured_by``, chosen on validation by ``benchmarks/choose_sizer.py``): the sizer's views
+give the diameter in frame pixels, and this network's training scale turns it into a scale ("one pass of the
+accurate model per frame size"). A Fast-SCNN that merges small nuclei measures merged blobs: on the DSB2018
+validation images at x0.5 the H&E Fast-SCNN refined a 180x180 frame down to x0.5 and counted 0.79 of its x1
+count; measured by MobileNetV2-UNet, 0.87.
+
 Estimated scales are snapped to a grid of quarter octaves (:func:`snapped`), so the small differences between
 backends and CPUs (0.72 vs 0.77 for the same clip) give the same remembered scale.
 
@@ -47,7 +54,7 @@ import numpy as np
 
 from .data import image_type
 from .errors import EdgesegError
-from .postprocess import PostprocessConfig, cut_tiles, postprocess, tile_grid
+from .postprocess import PostprocessConfig, cut_tiles, postprocess, stitch, tile_grid
 from .preprocess import resize_to
 
 TILE_MODES = ("auto", "always", "never")
@@ -160,10 +167,30 @@ def otsu_diameter(grey: np.ndarray) -> float | None:
     return typical_diameter(nucleus_widths(lut[labels], interior_only=True))
 
 
+def scaled_tiles(rgb: np.ndarray, scale: float, size: int) -> tuple[tuple[int, int], list, list[np.ndarray]]:
+    """The frame rescaled by ``scale`` and cut into overlapping ``size`` x ``size`` tiles -> (the rescaled frame's
+    size, the tile corners, the tiles)."""
+    h, w = rgb.shape[:2]
+    sh, sw = max(round(h * scale), 1), max(round(w * scale), 1)
+    scaled = rgb if (sh, sw) == (h, w) else resize_to(rgb, (sh, sw))
+    grid = tile_grid(sh, sw, size, TILE_OVERLAP)
+    return (sh, sw), grid, cut_tiles(scaled, grid, size)
+
+
 def snapped(scale: float) -> float:
     """``scale`` rounded to the nearest power of 2 ** (1 / SCALE_STEPS_PER_OCTAVE): estimates a few per cent apart
     (backend or CPU noise) plan the same scale."""
     return float(2.0 ** (round(np.log2(scale) * SCALE_STEPS_PER_OCTAVE) / SCALE_STEPS_PER_OCTAVE))
+
+
+@dataclass(frozen=True)
+class Sizer:
+    """Another network that measures the nuclei for a policy: its name, its own policy (input size and the
+    post-processing it measures with) and its ``infer`` (uint8 RGB input-size tiles -> probabilities)."""
+
+    name: str
+    policy: ScalePolicy
+    infer: Infer
 
 
 @dataclass(frozen=True)
@@ -186,11 +213,12 @@ class Plan:
 class ScalePolicy:
     """Plans the scale of each frame for a network of ``input_size`` trained on nuclei of ``training_diameter``
     input pixels (``training_diameters`` per image type). ``diameter`` (frame pixels) overrides the estimate;
-    ``cache`` (a dict, owned by the caller) remembers the plan per frame size."""
+    ``cache`` (a dict, owned by the caller) remembers the plan per frame size. ``sizer`` (a :class:`Sizer`, or a
+    callable that returns one, or None, when first needed) measures the nuclei in place of the network."""
 
     def __init__(self, input_size: int, *, tile="auto", training_diameter: float,
                  training_diameters: dict[str, float] | None = None, measure_post: PostprocessConfig,
-                 diameter: float | None = None, cache: dict | None = None):
+                 diameter: float | None = None, cache: dict | None = None, sizer=None):
         self.input_size = int(input_size)
         self.tile = tile_mode(tile)
         self.training_diameter = float(training_diameter)
@@ -204,6 +232,14 @@ class ScalePolicy:
             raise EdgesegError("a diameter rescales the frame, which --tile never forbids", "use --tile auto or always")
         self.diameter = None if diameter is None else float(diameter)
         self.cache = cache
+        self._sizer = sizer
+
+    @property
+    def sizer(self) -> Sizer | None:
+        """The network that measures the nuclei for this one (opened when first asked for), or None."""
+        if self._sizer is not None and not isinstance(self._sizer, Sizer):
+            self._sizer = self._sizer()
+        return self._sizer
 
     # ------------------------------------------------------------------ planning
 
@@ -232,8 +268,14 @@ class ScalePolicy:
             # the image shows fewer than MIN_OBJECTS nuclei: what a network measures in its finer views is noise
             # enlarged to blobs, and tiling at that scale counts them (a near-empty DSB image x4: 2 -> 82)
             return Plan(None, "estimate")
-        coarse = infer([resize_to(rgb, s)])[0]
-        diameter = self.nucleus_size(rgb, coarse, infer)
+        sizer = self.sizer
+        if sizer is None:
+            coarse = infer([resize_to(rgb, s)])[0]
+            diameter = self.nucleus_size(rgb, coarse, infer)
+        else:  # the sizer's views measure; this network runs once the scale is known
+            coarse = None
+            diameter = sizer.policy.nucleus_size(rgb, sizer.infer([resize_to(rgb, sizer.policy.input_size)])[0],
+                                                 sizer.infer)
         if classical is not None and (diameter is None or classical >= TRUST_RATIO * diameter):
             diameter = classical  # a network measures the pieces of nuclei too big for it: the image's wins
         elif classical is not None and classical > diameter:
@@ -258,9 +300,13 @@ class ScalePolicy:
         return None
 
     def refine(self, plan: Plan, probs: np.ndarray, rgb: np.ndarray) -> Plan | None:
-        """After a ``native`` plan ran: a better plan from the nuclei seen in its tiles, or None to keep it."""
+        """After a ``native`` plan ran: a better plan from the nuclei seen in its tiles (the sizer's tiles of the
+        same view where there is a sizer), or None to keep it."""
         h, w = rgb.shape[:2]
-        diameter = nucleus_diameter(postprocess(probs, probs.shape[1:], self.measure_post)[1])
+        post, sizer = self.measure_post, self.sizer
+        if sizer is not None:
+            probs, post = sizer.policy.view_probs(rgb, plan.scale, sizer.infer), sizer.policy.measure_post
+        diameter = nucleus_diameter(postprocess(probs, probs.shape[1:], post)[1])
         if diameter is None:
             return None
         scale = self._bounded(snapped(min(MAX_REFINE_UPSCALE, plan.scale * self.target_diameter(rgb) / diameter)),
@@ -313,6 +359,11 @@ class ScalePolicy:
             if diameter is not None:
                 estimates.append(diameter / scale)
         return float(np.median(estimates)) if estimates else None
+
+    def view_probs(self, rgb: np.ndarray, scale: float, infer: Infer) -> np.ndarray:
+        """The probabilities of the frame rescaled by ``scale``, run as overlapping input-size tiles, stitched."""
+        size, grid, tiles = scaled_tiles(rgb, scale, self.input_size)
+        return stitch(infer(tiles), grid, size, self.input_size, TILE_OVERLAP)
 
     def _probe_windows(self, rgb: np.ndarray, scale: float) -> list[np.ndarray]:
         """Input-size windows of the frame rescaled by ``scale``, centred on the same PROBE_POINTS."""

@@ -24,9 +24,9 @@ import numpy as np
 from .card import ModelCard, as_card
 from .errors import EdgesegError, ModelError
 from .measure import FIELDS, measure
-from .postprocess import PostprocessConfig, cut_tiles, postprocess_scored, stitch, tile_grid
+from .postprocess import PostprocessConfig, postprocess_scored, stitch
 from .preprocess import normalise, resize_to, to_rgb8
-from .scale import TILE_OVERLAP, Plan, ScalePolicy, tile_mode
+from .scale import TILE_OVERLAP, Plan, ScalePolicy, Sizer, scaled_tiles, tile_mode
 
 TABLE_FIELDS = FIELDS  # the columns of table() and to_csv() (edgeseg.measure), per-channel ones after them
 
@@ -119,6 +119,7 @@ class Segmenter:
         post: PostprocessConfig | None = None,
         backend_info: dict | None = None,
         name: str | None = None,
+        sizer=None,
     ):
         self.predict = predict
         self.backend = predict if hasattr(predict, "close") else None
@@ -138,7 +139,8 @@ class Segmenter:
             self.input_size, tile=self.tile, training_diameter=self.card.training_diameter,
             training_diameters=self.card.training_diameters, diameter=diameter,
             measure_post=PostprocessConfig(threshold=post.threshold, min_size=post.min_size),
-            cache={} if remember_scale else None)
+            cache={} if remember_scale else None, sizer=None if sizer is None else self._open_sizer)
+        self._sizer = sizer  # a Segmenter that measures the nuclei for this one, or a callable that opens one
         self.backend_info = dict(backend_info or {})
         self._predict_lock = threading.Lock()
 
@@ -158,6 +160,7 @@ class Segmenter:
         remember_scale: bool = False,
         verify: bool = True,
         warm_up: bool = True,
+        sizer: bool | str = True,
         **backend_options,
     ) -> Segmenter:
         """A zoo name, a model file (``.onnx``, ``.xml``, ``.pt``) or a run folder -> a ready Segmenter.
@@ -166,7 +169,13 @@ class Segmenter:
         need ``edgeseg[train]``. ``backend_options`` go to the backend (``tta=True`` for torch,
         ``inference_precision`` for OpenVINO). With ``warm_up`` the model runs once on a blank input before it is
         returned (:meth:`warm_up`): a file that loads but cannot run, or whose output does not match its card, is a
-        one-line :class:`~edgeseg.errors.ModelError` here rather than a traceback at the first frame."""
+        one-line :class:`~edgeseg.errors.ModelError` here rather than a traceback at the first frame.
+
+        With ``sizer=True`` (the default), a network whose card names another to measure its nuclei
+        (``training_scale.measured_by``) has them measured by that network's file of the same precision in the zoo,
+        opened when a frame first needs measuring; ``info["scale_measured_by"]`` says which file, or that the
+        network measures itself because that network is not installed. ``sizer=False``: the network measures
+        itself; a network name: that network measures, whatever the card says."""
         from .backends import open_backend
 
         path, fmt, card = _resolve(model, verify)
@@ -177,9 +186,17 @@ class Segmenter:
             be.close()
             raise
         info = {"model": card.name, "path": str(path), "format": fmt, "precision": card.precision, **be.info()}
+        opener = None
+        measured_by = card.measured_by if sizer is True else (sizer or None)
+        if measured_by and measured_by != card.network:
+            ref = _sizer_ref(measured_by, card.precision)
+            info["scale_measured_by"] = ref.name if ref else f"itself ({measured_by} is not installed)"
+            if ref is not None:
+                def opener(ref=ref):
+                    return cls.load(ref.path, threads=threads, verify=False, sizer=False)
         try:
             seg = cls(be, card, threshold=threshold, tile=tile, channel=channel, diameter=diameter,
-                      remember_scale=remember_scale, backend_info=info)
+                      remember_scale=remember_scale, backend_info=info, sizer=opener)
             if warm_up:
                 seg.warm_up()
         except BaseException:
@@ -204,10 +221,18 @@ class Segmenter:
             raise ModelError(f"{self.name} gives output {list(out.shape)} but its card says {list(expected)}",
                              "re-export the model so the file and its card match")
 
+    def _open_sizer(self) -> Sizer:
+        """The :class:`~edgeseg.scale.Sizer` for this Segmenter's policy, its network opened now if need be."""
+        if not isinstance(self._sizer, Segmenter):
+            self._sizer = self._sizer()
+        return Sizer(self._sizer.name, self._sizer.scale_policy, self._sizer._infer)
+
     def close(self) -> None:
-        """Release the backend (the Segmenter must not be used afterwards)."""
+        """Release the backend, and the sizer's if it was opened (the Segmenter must not be used afterwards)."""
         if self.backend is not None:
             self.backend.close()
+        if isinstance(self._sizer, Segmenter):
+            self._sizer.close()
 
     def __enter__(self) -> Segmenter:
         return self
@@ -346,12 +371,8 @@ class Segmenter:
     def _tile_batch(self, rgb: np.ndarray, scale: float):
         """The frame rescaled by ``scale`` and cut into overlapping input-size tiles -> (scaled size, grid, the
         normalised batch)."""
-        s = self.input_size
-        h, w = rgb.shape[:2]
-        sh, sw = max(round(h * scale), 1), max(round(w * scale), 1)
-        scaled = rgb if (sh, sw) == (h, w) else resize_to(rgb, (sh, sw))
-        grid = tile_grid(sh, sw, s, TILE_OVERLAP)
-        return (sh, sw), grid, normalise(np.stack(cut_tiles(scaled, grid, s)), self.mean, self.std)
+        size, grid, tiles = scaled_tiles(rgb, scale, self.input_size)
+        return size, grid, normalise(np.stack(tiles), self.mean, self.std)
 
     def _tiled(self, rgb: np.ndarray, scale: float, ms: dict) -> tuple[np.ndarray, int]:
         """The frame rescaled by ``scale``, cut into overlapping input-size tiles, run, stitched."""
@@ -388,6 +409,16 @@ class Prepared:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:160] if text else type(exc).__name__
+
+
+def _sizer_ref(network: str, precision: str):
+    """The zoo file of ``network``, which measures another's nuclei: of ``precision`` where there is one, else any
+    exported one (this CPU's flavour first); None if that network is not installed."""
+    from .zoo import Zoo
+
+    zoo = Zoo()
+    found = zoo.variants(network, precision=precision) or zoo.variants(network)
+    return found[0] if found else None
 
 
 def _resolve(model, verify: bool) -> tuple[Path, str, ModelCard]:

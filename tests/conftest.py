@@ -103,9 +103,8 @@ def write_threshold_onnx(path: Path, card: dict | None = None, out_channels: int
         out_channels=out_channels,
         outputs=["foreground", "boundary"][:out_channels],
         threshold=0.5,
-        postprocess={"method": "cc", "threshold": 0.5, "min_size": 0},
-        training_scale={"median_nucleus_diameter_px": 12.0},
-        **(card or {}),
+        **{"postprocess": {"method": "cc", "threshold": 0.5, "min_size": 0},
+           "training_scale": {"median_nucleus_diameter_px": 12.0}, **(card or {})},
     )
     entry = model.metadata_props.add()
     entry.key, entry.value = CARD_METADATA_KEY, json.dumps(card)

@@ -63,3 +63,11 @@ def test_a_card_with_invalid_json_is_a_model_error(tmp_path):
     card_path(model).write_text("{not json")
     with pytest.raises(ModelError, match="not valid JSON"):
         read_card(model)
+
+
+def test_measured_by_names_another_network_and_never_the_cards_own():
+    base = {"name": "fast_scnn_he-int8", "arch": "fast_scnn", "source": {"name": "fast_scnn_he"}}
+    card = ModelCard.from_dict({**base, "training_scale": {"measured_by": "mobilenetv2_unet"}})
+    assert card.measured_by == "mobilenetv2_unet"
+    assert ModelCard.from_dict({**base, "training_scale": {"measured_by": "fast_scnn_he"}}).measured_by is None
+    assert ModelCard.from_dict(base).measured_by is None

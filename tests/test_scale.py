@@ -203,3 +203,15 @@ def test_an_enlarged_fluorescence_frame_with_almost_no_nuclei_is_resized_without
     x4 = cv2.resize(np.dstack([frame] * 3), (1024, 1024), interpolation=cv2.INTER_LINEAR)
     plan = policy().plan(x4, never)
     assert labels.max() == 1 and (plan.scale, plan.source, plan.diameter_px) == (None, "estimate", None)
+
+
+def test_with_a_sizer_the_plan_measures_with_the_sizer_and_not_the_network():
+    from edgeseg.scale import Sizer
+
+    def never(_tiles):
+        raise AssertionError("the network must not run while a sizer plans")
+
+    frame, _ = disc_frame((1000, 1000), diameter=24, spacing=50)
+    plan = policy(sizer=Sizer("perfect", policy(), disc_probs)).plan(np.dstack([frame] * 3), never)
+    assert plan.source == "estimate" and plan.diameter_px == pytest.approx(24, rel=0.15)
+    assert plan.scale == pytest.approx(0.5, rel=0.15) and plan.coarse is None  # the network runs after planning

@@ -305,3 +305,65 @@ def test_a_new_frame_size_is_settled_in_prepare_before_the_next_frame_is_planned
     second = seg.prepare(small)  # before the first is finished
     assert second.plan.source == "remembered" and second.plan.scale == first.plan.scale
     assert seg.finish(seg.infer(second)).count == seg.finish(first).count == labels.max()
+
+
+def swelling(backend):
+    """A network that sees every nucleus 12 input pixels wider than it is (a weak one measuring merged blobs)."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (13, 13))
+    return lambda x: np.stack([cv2.dilate(p[0], kernel)[None] for p in backend(x)])
+
+
+def test_a_sizer_measures_the_nuclei_for_a_network_that_sees_them_too_wide(model):
+    """A network whose own measure is wrong has the nuclei measured by another (the card's measured_by): the plan's
+    diameter and scale are the sizer's, and the sizer opens only when a frame first needs measuring."""
+    from edgeseg.card import read_card
+
+    frame, _ = disc_frame((1000, 1000), diameter=24, spacing=50)
+    backend = open_backend(model, threads=1)
+    alone = Segmenter(swelling(backend), read_card(model))(frame)
+    assert alone.diameter_px > 1.5 * 24 and alone.scale < 0.35  # it measures its own swollen blobs
+    opened = []
+
+    def open_sizer():
+        opened.append(1)
+        return Segmenter.load(model, threads=1)
+
+    seg = Segmenter(swelling(backend), read_card(model), sizer=open_sizer)
+    seg(disc_frame((300, 300), diameter=12, spacing=30)[0])  # near the input size: resized, nothing measured
+    assert opened == []
+    result = seg(frame)
+    assert result.scale_source == "estimate" and result.diameter_px == pytest.approx(24, rel=0.15)
+    assert result.scale == pytest.approx(0.5, rel=0.15) and opened == [1]
+    seg(frame)
+    assert opened == [1]  # opened once
+    seg.close()
+
+
+def test_a_sizer_refines_a_small_frame_from_its_own_view(model):
+    """A frame smaller than the input runs at native scale, then is rescaled from the nuclei seen in it: seen by the
+    sizer where there is one (a stained frame, which has no classical measure)."""
+    from edgeseg.card import read_card
+
+    grey, _ = disc_frame((200, 200), diameter=6, spacing=20)  # nuclei half the training scale (12 px)
+    frame = np.dstack([grey, (grey * 0.6).astype(np.uint8), grey])  # colour: a stained frame
+    backend = open_backend(model, threads=1)
+    alone = Segmenter(swelling(backend), read_card(model))(frame)
+    assert alone.scale < 1.0 and alone.diameter_px > 2 * 6  # 6 px seen as 18: shrunk, the wrong way
+    sized = Segmenter(swelling(backend), read_card(model), sizer=lambda: Segmenter.load(model, threads=1))(frame)
+    assert sized.scale_source == "native" and 1.4 < sized.scale <= 2.0  # enlarged toward the training scale
+    assert sized.diameter_px == pytest.approx(6.5, rel=0.15)
+
+
+def test_load_takes_the_sizer_from_the_card_and_says_which_file_measures(tmp_path):
+    with_sizer = write_threshold_onnx(tmp_path / "a-fp32.onnx", card={
+        "training_scale": {"median_nucleus_diameter_px": 12.0, "measured_by": "mobilenetv2_unet"}})
+    with Segmenter.load(with_sizer, threads=1) as seg:
+        assert seg.info["scale_measured_by"] == "mobilenetv2_unet-fp32"  # the shipped file of the same precision
+        assert not isinstance(seg._sizer, Segmenter)  # not opened yet
+    with Segmenter.load(with_sizer, threads=1, sizer=False) as seg:
+        assert "scale_measured_by" not in seg.info and seg.scale_policy.sizer is None
+    missing = write_threshold_onnx(tmp_path / "b-fp32.onnx", card={
+        "training_scale": {"median_nucleus_diameter_px": 12.0, "measured_by": "no_such_network"}})
+    with Segmenter.load(missing, threads=1) as seg:
+        assert seg.info["scale_measured_by"] == "itself (no_such_network is not installed)"
+        assert seg.scale_policy.sizer is None
