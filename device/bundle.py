@@ -213,6 +213,30 @@ def pick_for_target(spec: str, target: str):
     return ref, note
 
 
+def with_sizers(models: list[str], notes: list[str]) -> list[str]:
+    """``models`` and, after them, the zoo file of every network that measures the nuclei of one of them (its card's
+    ``training_scale.measured_by``) and is not in the list yet, of the same precision: the device then measures as
+    the zoo does without the zoo. A note for each one added, or missing from the zoo."""
+    from edgeseg.zoo import Zoo, resolve_model
+
+    zoo, out = Zoo(), list(models)
+    networks = {resolve_model(spec, verify=False).network for spec in models}
+    for spec in models:
+        ref = resolve_model(spec, verify=False)
+        other = ref.card.measured_by
+        if other is None or other in networks:
+            continue
+        found = zoo.variants(other, precision=ref.precision) or zoo.variants(other)
+        if not found:
+            notes.append(f"{ref.name}: its nuclei are measured by {other}, which is not in the zoo; it will measure "
+                         "them itself")
+            continue
+        out.append(found[0].name)
+        networks.add(other)
+        notes.append(f"{ref.name}: its nuclei are measured by {other}: bundling {found[0].name} too")
+    return out
+
+
 def make_bundle(
     models: list[str] | str,
     out: str | os.PathLike,
@@ -240,6 +264,7 @@ def make_bundle(
     check_run_config(run, "the run options")
 
     notes: list[str] = []
+    models = with_sizers(models, notes)
     entries: list[dict] = []
     sources: dict[str, Path] = {}  # archive name -> local file
     for spec in models:

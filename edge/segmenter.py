@@ -189,7 +189,7 @@ class Segmenter:
         opener = None
         measured_by = card.measured_by if sizer is True else (sizer or None)
         if measured_by and measured_by != card.network:
-            ref = _sizer_ref(measured_by, card.precision)
+            ref = _sizer_ref(measured_by, card.precision, Path(path).parent)
             info["scale_measured_by"] = ref.name if ref else f"itself ({measured_by} is not installed)"
             if ref is not None:
                 def opener(ref=ref):
@@ -411,14 +411,17 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:160] if text else type(exc).__name__
 
 
-def _sizer_ref(network: str, precision: str):
-    """The zoo file of ``network``, which measures another's nuclei: of ``precision`` where there is one, else any
-    exported one (this CPU's flavour first); None if that network is not installed."""
+def _sizer_ref(network: str, precision: str, beside: Path):
+    """The file of ``network``, which measures another's nuclei: in the folder ``beside`` (an installed bundle's
+    models) or else the zoo; of ``precision`` where there is one, else any exported one (this CPU's flavour first);
+    None if that network is in neither."""
     from .zoo import Zoo
 
-    zoo = Zoo()
-    found = zoo.variants(network, precision=precision) or zoo.variants(network)
-    return found[0] if found else None
+    for zoo in (Zoo(beside), Zoo()):
+        found = zoo.variants(network, precision=precision) or zoo.variants(network)
+        if found:
+            return found[0]
+    return None
 
 
 def _resolve(model, verify: bool) -> tuple[Path, str, ModelCard]:

@@ -172,6 +172,25 @@ def test_arm_target_picks_the_arm_quantised_zoo_variant(tmp_path, monkeypatch):
     assert any("no arm-specific variant of this fp32 model" in n for n in notes)
 
 
+def test_a_model_measured_by_another_brings_it_and_the_installed_bundle_measures_with_it(tmp_path, monkeypatch):
+    from edgeseg import Segmenter
+
+    man, notes = make_bundle(["fast_scnn_he-int8"], tmp_path / "he.tar.gz")  # its card: measured by mobilenetv2_unet
+    assert [m["name"] for m in man["models"]] == ["fast_scnn_he-int8", "mobilenetv2_unet-int8"]
+    assert man["run"]["model"] == "fast_scnn_he-int8"  # the sizer rides along; the default stays the first model
+    assert "fast_scnn_he-int8: its nuclei are measured by mobilenetv2_unet: bundling mobilenetv2_unet-int8 too" in notes
+    both, _ = make_bundle(["fast_scnn_he-int8", "mobilenetv2_unet-int8"], tmp_path / "both.tar.gz")
+    assert [m["name"] for m in both["models"]] == ["fast_scnn_he-int8", "mobilenetv2_unet-int8"]  # not twice
+    b = install_bundle(tmp_path / "he.tar.gz", tmp_path / "b")
+    empty = tmp_path / "no_zoo"
+    empty.mkdir()
+    monkeypatch.setattr("edgeseg.zoo.ZOO_DIR", empty)  # a device without the zoo: the bundle is all there is
+    with Segmenter.load(b.model_path, threads=1) as seg:
+        assert seg.info["scale_measured_by"] == "mobilenetv2_unet-int8"
+        assert seg.scale_policy.sizer.name == "mobilenetv2_unet-int8"
+        assert Path(seg._sizer.backend_info["path"]).parent == b.dir / "models"
+
+
 # --------------------------------------------------------------------------------------------- installing
 
 
