@@ -9,7 +9,8 @@ One door for every model: :meth:`Segmenter.load` resolves the MODEL, reads its c
 (:class:`edgeseg.card.ModelCard`) and opens it with a backend from the registry (:mod:`edgeseg.backends`: ONNX
 Runtime and OpenVINO here, torch when ``edgeseg[train]`` is installed). The scale at which each frame runs is
 planned by :class:`edgeseg.scale.ScalePolicy` (``tile=``, ``diameter=``, and ``remember_scale=`` for one estimate
-per frame size in a live run); the Segmenter runs the plan: resize or tiles, the network, the post-processing.
+per frame size in a live run; ``sizer=``: the network that measures the nuclei where the card names one); the
+Segmenter runs the plan: resize or tiles, the network, the post-processing.
 """
 
 from __future__ import annotations

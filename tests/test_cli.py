@@ -58,6 +58,14 @@ def test_eval_json_has_the_contract_fields(trained_run, sample_dir_module):
     assert set(out["per_type"]) == {"fluorescence", "stained"}
     assert {"map", "f1_50", "count_mae", "count_bias"} == set(out["cc"])  # plain connected components, for comparison
     assert 0 <= out["n_tiled"] <= 2  # only the 360x360 and 520x696 frames are large enough to be tiled
+    assert out["scale_measured_by"] == "itself"
+
+
+def test_eval_says_which_network_measured_the_nuclei(sample_dir_module):
+    out = json.loads(_run("eval", "fast_scnn_he-int8", "--data", sample_dir_module, "--split", "all", "--json").output)
+    assert out["scale_measured_by"] == "mobilenetv2_unet-int8" and out["n_images"] == 8  # its card's measured_by
+    text = _run("eval", "fast_scnn_he-int8", "--data", sample_dir_module, "--split", "all").output
+    assert "nuclei measured for the scale by mobilenetv2_unet-int8" in text
 
 
 def test_eval_of_a_paired_folder_defaults_to_all_images(trained_run, tmp_path):

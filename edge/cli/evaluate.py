@@ -38,7 +38,8 @@ def eval_cmd(model, data, split, mask_fixes, threshold, tta, tile, diameter, bac
     with Segmenter.load(model, backend=backend, threshold=threshold, tile=tile, diameter=diameter, tta=tta) as seg:
         result = evaluate_folder(seg, data, split, mask_fixes=mask_fixes, progress=not as_json, compare_cc=True)
         report = {"model": str(model), "file": seg.info.get("path"), **result["info"], **result["summary"],
-                  "threshold": seg.post.threshold, "postprocess": seg.post.to_dict(), "per_type": result["per_type"]}
+                  "threshold": seg.post.threshold, "postprocess": seg.post.to_dict(), "per_type": result["per_type"],
+                  "scale_measured_by": seg.info.get("scale_measured_by", "itself")}
     if per_image:
         report["images"] = result["images"]
     click.echo(json.dumps(report, indent=2) if as_json else eval_text(seg.name, report))
@@ -55,6 +56,8 @@ def eval_text(name: str, r: dict) -> str:
                      f"count MAE {c['count_mae']:.2f}")
     if r.get("n_tiled"):
         lines.append(f"  {r['n_tiled']} large image(s) tiled at the training scale (--tile never: resize all)")
+    if r.get("scale_measured_by", "itself") != "itself":
+        lines.append(f"  nuclei measured for the scale by {r['scale_measured_by']} (the model card's measured_by)")
     for t, st in r["per_type"].items():
         lines.append(f"  {t:<13} n={st['n_images']:<4} Dice@256 {st['dice_256']:.4f}  F1@0.5 {st['f1_50']:.4f}")
     return "\n".join(lines)
