@@ -191,6 +191,20 @@ def test_a_model_measured_by_another_brings_it_and_the_installed_bundle_measures
         assert Path(seg._sizer.backend_info["path"]).parent == b.dir / "models"
 
 
+def test_a_model_whose_measuring_network_is_not_in_the_zoo_is_bundled_alone_with_a_note(tmp_path, monkeypatch):
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    card = json.loads((ZOO_DIR / "half_unet-fp32.card.json").read_text())
+    card["training_scale"] = {**card.get("training_scale", {}), "measured_by": "no_such_network"}
+    shutil.copy(ZOO_DIR / "half_unet-fp32.onnx", zoo / "half_unet-fp32.onnx")
+    write_card(zoo / "half_unet-fp32.onnx", card)
+    monkeypatch.setattr("edgeseg.zoo.ZOO_DIR", zoo)
+    man, notes = make_bundle(["half_unet-fp32"], tmp_path / "alone.tar.gz")
+    assert [m["name"] for m in man["models"]] == ["half_unet-fp32"]
+    assert "half_unet-fp32: its nuclei are measured by no_such_network, which is not in the zoo; it will measure " \
+           "them itself" in notes
+
+
 # --------------------------------------------------------------------------------------------- installing
 
 
