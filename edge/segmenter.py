@@ -15,6 +15,7 @@ Segmenter runs the plan: resize or tiles, the network, the post-processing.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -194,7 +195,7 @@ class Segmenter:
             info["scale_measured_by"] = ref.name if ref else f"itself ({measured_by} is not installed)"
             if ref is not None:
                 def opener(ref=ref):
-                    return cls.load(ref.path, threads=threads, verify=False, sizer=False)
+                    return cls.load(ref.path, threads=threads, verify=verify, sizer=False)
         try:
             seg = cls(be, card, threshold=threshold, tile=tile, channel=channel, diameter=diameter,
                       remember_scale=remember_scale, backend_info=info, sizer=opener)
@@ -222,10 +223,19 @@ class Segmenter:
             raise ModelError(f"{self.name} gives output {list(out.shape)} but its card says {list(expected)}",
                              "re-export the model so the file and its card match")
 
-    def _open_sizer(self) -> Sizer:
-        """The :class:`~edgeseg.scale.Sizer` for this Segmenter's policy, its network opened now if need be."""
+    def _open_sizer(self) -> Sizer | None:
+        """The :class:`~edgeseg.scale.Sizer` for this Segmenter's policy, its network opened now if need be; None when
+        it cannot be opened (a damaged or missing file): this network then measures the nuclei itself, says so on
+        stderr and in ``info["scale_measured_by"]``, and the frame goes on."""
         if not isinstance(self._sizer, Segmenter):
-            self._sizer = self._sizer()
+            try:
+                self._sizer = self._sizer()
+            except EdgesegError as exc:
+                self._sizer = None
+                self.backend_info["scale_measured_by"] = f"itself (the measuring network failed: {exc.problem})"
+                print(f"note: the network that measures the nuclei for {self.name} cannot run ({exc.problem}): "
+                      f"{self.name} measures them itself", file=sys.stderr, flush=True)
+                return None
         return Sizer(self._sizer.name, self._sizer.scale_policy, self._sizer._infer)
 
     def close(self) -> None:

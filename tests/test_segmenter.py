@@ -367,3 +367,25 @@ def test_load_takes_the_sizer_from_the_card_and_says_which_file_measures(tmp_pat
     with Segmenter.load(missing, threads=1) as seg:
         assert seg.info["scale_measured_by"] == "itself (no_such_network is not installed)"
         assert seg.scale_policy.sizer is None
+
+
+def test_a_sizer_that_cannot_open_leaves_the_network_to_measure_itself(model, capsys):
+    """A damaged or vanished measuring network does not stop the run: the frame is planned by the network's own
+    measure, stderr and info say so, and the sizer is not tried again."""
+    from edgeseg.card import read_card
+
+    tries = []
+
+    def broken():
+        tries.append(1)
+        raise ModelError("mobilenetv2_unet-int8.onnx does not match its card", "reinstall edgeseg")
+
+    frame, labels = disc_frame((1000, 1000), diameter=24, spacing=50)
+    seg = Segmenter(open_backend(model, threads=1), read_card(model), sizer=broken)
+    result = seg(frame)
+    assert result.scale_source == "estimate" and result.diameter_px == pytest.approx(24, rel=0.15)  # its own measure
+    assert result.count == labels.max()
+    assert seg.info["scale_measured_by"].startswith("itself (the measuring network failed: mobilenetv2_unet-int8")
+    assert "measures them itself" in capsys.readouterr().err
+    seg(frame)
+    assert tries == [1]
