@@ -220,9 +220,9 @@ def with_sizers(models: list[str], notes: list[str]) -> list[str]:
     from edgeseg.zoo import Zoo, resolve_model
 
     zoo, out = Zoo(), list(models)
-    networks = {resolve_model(spec, verify=False).network for spec in models}
-    for spec in models:
-        ref = resolve_model(spec, verify=False)
+    refs = [resolve_model(spec, verify=False) for spec in models]
+    networks = {ref.network for ref in refs}
+    for ref in refs:
         other = ref.card.measured_by
         if other is None or other in networks:
             continue

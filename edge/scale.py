@@ -273,9 +273,7 @@ class ScalePolicy:
             coarse = infer([resize_to(rgb, s)])[0]
             diameter = self.nucleus_size(rgb, coarse, infer)
         else:  # the sizer's views measure; this network runs once the scale is known
-            coarse = None
-            diameter = sizer.policy.nucleus_size(rgb, sizer.infer([resize_to(rgb, sizer.policy.input_size)])[0],
-                                                 sizer.infer)
+            coarse, diameter = None, sizer.policy.nucleus_size(rgb, None, sizer.infer)
         if classical is not None and (diameter is None or classical >= TRUST_RATIO * diameter):
             diameter = classical  # a network measures the pieces of nuclei too big for it: the image's wins
         elif classical is not None and classical > diameter:
@@ -330,8 +328,9 @@ class ScalePolicy:
 
     # ------------------------------------------------------------------ measuring
 
-    def nucleus_size(self, rgb: np.ndarray, coarse: np.ndarray, infer: Infer) -> float | None:
-        """Typical nucleus diameter in frame pixels, or None when no view shows enough whole nuclei.
+    def nucleus_size(self, rgb: np.ndarray, coarse: np.ndarray | None, infer: Infer) -> float | None:
+        """Typical nucleus diameter in frame pixels, or None when no view shows enough whole nuclei. ``coarse``: the
+        whole frame's probabilities at the input size where the caller has them (run here if None).
 
         A network measures nuclei well only near the size it learnt, and each view's measurement leans toward
         that size: squeezed 4x, a 40x tissue tile's nuclei merge into blobs about the training size (too big
@@ -343,6 +342,8 @@ class ScalePolicy:
         an H&E Fast-SCNN that stayed at ~0.3x before: val Dice 0.633 -> 0.714.
         """
         squeeze = self._squeeze(*rgb.shape[:2])
+        if coarse is None:
+            coarse = infer([resize_to(rgb, self.input_size)])[0]
         views = [(squeeze, coarse[None])]
         scale = squeeze * PROBE_STEP
         while scale < 1.0 / PROBE_STEP ** 0.5:
