@@ -16,21 +16,22 @@ to ~5 px and H&E crops at ~12 px). :meth:`ScalePolicy.plan` decides, for one fra
   ``diameter`` and StarDist's ``scale``): no estimate, the frame is rescaled to bring them to the training scale;
 * ``remembered``: the scale planned before for a frame of this size (a live run: one estimate per frame size,
   not one per frame), when the policy was given a ``cache``.
-* ``classical``: a fluorescence frame near the input size or smaller whose nuclei, measured from the image itself
-  (:func:`classical_diameter`: Otsu's threshold and the same width measure, no network), are far larger than the
-  training scale at the planned view (shrunk to SHRINK_TO training scales), or, in a frame smaller than the input,
-  far smaller (enlarged). A network measures nuclei well only near the size it learnt (a weak one cuts nuclei
-  three times that size into training-sized pieces and measures the pieces; it sees tiny ones as larger blobs), so
-  the image's own measure decides where the network's cannot be trusted (the shipped clip at x2, DSB at x0.5). For
-  larger frames the ``estimate`` takes the image's measure (fluorescence) where it is at least TRUST_RATIO times
-  the network's, their geometric mean where the image's is larger by less, else the network's: a network cuts
-  nuclei far bigger than it learnt into pieces (the shipped clip at x4: 5.5 px by ``half_unet`` against 88 by the
-  image), but the image's measure of a dense field of small nuclei can be one of clumps (a 603x1272 DSB test
-  image of 7.6 px nuclei: 14.8 px by the image, 8.0 by ``shuffle_unet_px``; run at x0.84, the image's measure,
-  its F1@0.5 was 0.31, at x1 0.67). An estimate never enlarges a frame: allowed
-  to (up to x2) that image reached 0.71 at x1.41, but speckled nucleus-free DSB backgrounds gained false nuclei
-  (``fast_scnn``: 1.9 -> 2.75 a frame on 20 validation images). A larger fluorescence frame in which the image's
-  measure finds fewer than MIN_OBJECTS nuclei is resized unmeasured.
+* ``classical``: a fluorescence frame whose nuclei, measured from the image itself (:func:`classical_diameter`:
+  Otsu's threshold and the same width measure, no network), are far larger than the training scale at the view it
+  would run at or be measured from first (padded at native scale, or the whole frame resized; shrunk to SHRINK_TO
+  training scales), or, in a frame smaller than the input, far smaller (enlarged). A network measures nuclei well
+  only near the size it learnt (a weak one cuts nuclei three times that size into training-sized pieces and measures
+  the pieces; it sees tiny ones as larger blobs; an accurate one measures a 4x clip's 88 px nuclei as 63), so the
+  image's own measure decides where the network's cannot be trusted (the shipped clip at x2 and x4, DSB at x0.5).
+  Otherwise, for larger frames the ``estimate`` takes the image's measure (fluorescence) where it is at least
+  TRUST_RATIO times the network's, their geometric mean where the image's is larger by less, else the network's: a
+  network cuts nuclei far bigger than it learnt into pieces (the shipped clip at x4: 5.5 px by ``half_unet`` against
+  88 by the image), but the image's measure of a dense field of small nuclei can be one of clumps (a 603x1272 DSB
+  test image of 7.6 px nuclei: 14.8 px by the image, 8.0 by ``shuffle_unet_px``; run at x0.84, the image's measure,
+  its F1@0.5 was 0.31, at x1 0.67). An estimate never enlarges a frame: allowed to (up to x2) that image reached
+  0.71 at x1.41, but speckled nucleus-free DSB backgrounds gained false nuclei (``fast_scnn``: 1.9 -> 2.75 a frame
+  on 20 validation images). A larger fluorescence frame in which the image's measure finds fewer than MIN_OBJECTS
+  nuclei is resized unmeasured.
 
 A network whose own measure is weak may have its nuclei measured by another (``sizer``, a :class:`Sizer`; the
 card's ``training_scale.measured_by``, chosen on validation by ``benchmarks/choose_sizer.py``): the sizer's views
@@ -256,11 +257,12 @@ class ScalePolicy:
         if self.tile == "never":
             return Plan(None, "resize")
         classical = classical_diameter(rgb) if self.tile == "auto" else None
-        if self.tile == "auto" and max(h, w) <= RESIZE_LIMIT * s:
+        if self.tile == "auto":
             plan = self._classical_plan(classical, h, w, self.target_diameter(rgb))
             if plan is not None:
                 self._remember(h, w, plan)
                 return plan
+        if self.tile == "auto" and max(h, w) <= RESIZE_LIMIT * s:
             if max(h, w) >= s:
                 return Plan(None, "resize")
             return Plan(1.0, "native", refine=True)  # remembered once refined to another scale (see refine)
@@ -284,9 +286,13 @@ class ScalePolicy:
         return plan
 
     def _classical_plan(self, classical: float | None, h: int, w: int, target: float) -> Plan | None:
-        """For a frame near the input size or smaller: a plan from the image's own nucleus measure when the nuclei
-        are far too big at the view the frame would run at (shrunk to SHRINK_TO training scales), or, for a frame
-        smaller than the input, far too small (enlarged up to MAX_REFINE_UPSCALE); None to plan as before."""
+        """A plan from the image's own nucleus measure when the nuclei are far too big at the view the frame would
+        run at or be measured from first (padded at native scale, or the whole frame resized: shrunk to SHRINK_TO
+        training scales), or, for a frame smaller than the input, far too small (enlarged up to
+        MAX_REFINE_UPSCALE); None to plan as before. The same rule at every frame size, so that a clip seen through
+        a stronger objective is planned from the same measure at every magnification (the shipped clip at x4,
+        520x520: averaged with the MobileNetV2-UNet's 63 px the image's 88 px planned x0.21 where x1's plan
+        implies x0.15, and the H&E Fast-SCNN counted 1.17 times its x1 count; from the image's measure, 1.08)."""
         if classical is None:
             return None
         small = max(h, w) < self.input_size

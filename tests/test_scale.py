@@ -215,3 +215,19 @@ def test_with_a_sizer_the_plan_measures_with_the_sizer_and_not_the_network():
     plan = policy(sizer=Sizer("perfect", policy(), disc_probs)).plan(np.dstack([frame] * 3), never)
     assert plan.source == "estimate" and plan.diameter_px == pytest.approx(24, rel=0.15)
     assert plan.scale == pytest.approx(0.5, rel=0.15) and plan.coarse is None  # the network runs after planning
+
+
+def test_a_large_frame_with_nuclei_far_too_big_is_planned_from_the_image_as_a_frame_near_the_input_size_is():
+    from edgeseg.scale import Sizer
+
+    def never(_tiles):
+        raise AssertionError("no network may measure nuclei far too big for it")
+
+    frame, _ = disc_frame((280, 280), diameter=60, spacing=90)
+    near = policy().plan(np.dstack([frame] * 3), never)
+    x4 = cv2.resize(np.dstack([frame] * 3), (1120, 1120), interpolation=cv2.INTER_LINEAR)  # a 4x stronger objective
+    cache: dict = {}
+    far = policy(cache=cache, sizer=Sizer("never", policy(), never)).plan(x4, never)
+    assert near.source == far.source == "classical"
+    assert far.diameter_px == pytest.approx(4 * near.diameter_px, rel=0.05)
+    assert far.scale == pytest.approx(near.scale / 4) and cache[(1120, 1120)].scale == far.scale
