@@ -231,3 +231,21 @@ def test_a_large_frame_with_nuclei_far_too_big_is_planned_from_the_image_as_a_fr
     assert near.source == far.source == "classical"
     assert far.diameter_px == pytest.approx(4 * near.diameter_px, rel=0.05)
     assert far.scale == pytest.approx(near.scale / 4) and cache[(1120, 1120)].scale == far.scale
+
+
+@pytest.mark.parametrize("level, sigma", [(20, 8), (5, 2), (60, 20)])
+def test_the_classical_measure_finds_no_nuclei_in_blank_noise_at_any_sampling(level, sigma):
+    noise = np.random.default_rng(level).normal(level, sigma, (128, 128))
+    rgb = np.dstack([np.clip(np.rint(noise), 0, 255).astype(np.uint8)] * 3)
+    for factor in (1, 2, 4):  # as grabbed, and through a stronger objective or a digital zoom (smooth grains)
+        frame = cv2.resize(rgb, None, fx=factor, fy=factor, interpolation=cv2.INTER_LINEAR) if factor > 1 else rgb
+        assert classical_diameter(frame) is None
+
+
+def test_noisy_nuclei_are_still_measured_and_a_small_blank_frame_is_not_enlarged_for_its_grains():
+    frame, _ = disc_frame((300, 300), diameter=16, spacing=40, bright=90, dark=20)
+    noisy = np.clip(frame + np.random.default_rng(0).normal(0, 8, frame.shape), 0, 255).astype(np.uint8)
+    assert classical_diameter(np.dstack([noisy] * 3)) == pytest.approx(16, rel=0.15)
+    blank = np.random.default_rng(1).normal(20, 8, (128, 128))
+    plan = policy().plan(np.dstack([np.clip(np.rint(blank), 0, 255).astype(np.uint8)] * 3), disc_probs)
+    assert (plan.source, plan.scale) == ("native", 1.0)  # not "classical" at x1.68, its noise grains as nuclei
