@@ -42,6 +42,7 @@ Accuracy, background and magnification use the INT8 file (ONNX Runtime for an .o
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shlex
 import statistics
@@ -84,7 +85,8 @@ SPECKLE_SIGMA = 0.1  # multiplicative speckle, per pixel
 READ_NOISE = 2.0  # additive Gaussian noise, grey levels
 NOISE_LEVELS = {"dark": 20, "bright": 200}  # flat frame levels (fluorescence-like, brightfield-like)
 GAUSS_SIGMA = 8.0
-NOISE_SIZES = ((256, 256), (480, 640))  # (h, w)
+NOISE_SIZES = ((256, 256), (480, 640), (128, 128))  # (h, w); the first two as in the runs before 2026-12-07 14:00
+GRAINS = (1, 4)  # noise grain size (px): as a camera grabs it, and drawn at 1/4 size and enlarged (a digital zoom)
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
 T0 = time.time()
 
@@ -313,27 +315,30 @@ def speckled(bg: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return hard_negatives.speckled(bg, rng, SPECKLE_SIGMA, READ_NOISE)
 
 
-def noise_frame(level: int, kind: str, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """A flat 8-bit mono frame at ``level`` with Gaussian (sigma ``GAUSS_SIGMA``) or Poisson noise."""
+def noise_frame(level: int, kind: str, size: tuple[int, int], rng: np.random.Generator, grain: int = 1) -> np.ndarray:
+    """A flat 8-bit mono frame at ``level`` with Gaussian (sigma ``GAUSS_SIGMA``) or Poisson noise; ``grain`` > 1:
+    the noise drawn at 1 / ``grain`` of the size and enlarged (INTER_LINEAR), grains ``grain`` pixels wide."""
+    drawn = (max(size[0] // grain, 1), max(size[1] // grain, 1))
     if kind == "gaussian":
-        x = rng.normal(level, GAUSS_SIGMA, size)
+        x = rng.normal(level, GAUSS_SIGMA, drawn)
     else:
-        x = rng.poisson(level, size).astype(np.float64)
-    return hard_negatives.as_uint8(x)
+        x = rng.poisson(level, drawn).astype(np.float64)
+    x = hard_negatives.as_uint8(x)
+    return x if grain == 1 else cv2.resize(x, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
 
 
 def background_sets(samples: list, per_kind: int) -> dict[str, list[np.ndarray]]:
     """The seeded background-only frames by kind: ``dsb_inpainted``, ``dsb_speckle`` (the same with speckle) and
-    ``noise/<level>/<kind>/<h>x<w>``."""
+    ``noise/<level>/<kind>/<h>x<w>`` (``<kind>-x<grain>`` for noise with coarser grains)."""
     bgs = [without_nuclei(s) for s in samples]
     sets = {"dsb_inpainted": [hard_negatives.as_uint8(bg) for bg in bgs],
             "dsb_speckle": [speckled(bg, np.random.default_rng([SEED, i])) for i, bg in enumerate(bgs)]}
     for li, (name, level) in enumerate(NOISE_LEVELS.items()):
         for ki, kind in enumerate(("gaussian", "poisson")):
-            for si, size in enumerate(NOISE_SIZES):
-                sets[f"noise/{name}/{kind}/{size[0]}x{size[1]}"] = [
-                    noise_frame(level, kind, size, np.random.default_rng([SEED, 1000 + li, ki, si, j]))
-                    for j in range(per_kind)]
+            for (si, size), grain in itertools.product(enumerate(NOISE_SIZES), GRAINS):
+                seed = [SEED, 1000 + li, ki, si] + ([] if grain == 1 else [grain])  # the grain-1 frames as before
+                sets[f"noise/{name}/{kind}{'' if grain == 1 else f'-x{grain}'}/{size[0]}x{size[1]}"] = [
+                    noise_frame(level, kind, size, np.random.default_rng([*seed, j]), grain) for j in range(per_kind)]
     return sets
 
 
@@ -348,9 +353,9 @@ def background_counts(path: Path, sets: dict) -> dict:
                 for kind, c in ((k, counts(seg, v)) for k, v in sets.items())}
 
 
-def pooled(bg: dict, prefix: str, suffix: str = "") -> float:
-    """Mean count per frame over the kinds starting with ``prefix`` and ending with ``suffix``."""
-    picked = [v for k, v in bg.items() if k.startswith(prefix) and k.endswith(suffix)]
+def pooled(bg: dict, prefix: str, suffix: str = "", within: str = "") -> float:
+    """Mean count per frame over the kinds starting with ``prefix``, ending with ``suffix`` and holding ``within``."""
+    picked = [v for k, v in bg.items() if k.startswith(prefix) and k.endswith(suffix) and within in k]
     return sum(v["mean"] * v["frames"] for v in picked) / max(sum(v["frames"] for v in picked), 1)
 
 
@@ -461,10 +466,12 @@ def background_table(entries: list[Entry], bg: dict, types: list[str]) -> str:
         if b is None:
             continue
         rows.append([e.label, dsb_cell(b["dsb_inpainted"], types), dsb_cell(b["dsb_speckle"], types),
-                     *[fmt(pooled(b, f"noise/{k}/"), ".2f") for k in kinds],
-                     *[fmt(pooled(b, "noise/", f"/{h}x{w}"), ".2f") for h, w in NOISE_SIZES]])
+                     *[fmt(pooled(b, f"noise/{k}"), ".2f") for k in kinds],
+                     *[fmt(pooled(b, "noise/", f"/{h}x{w}"), ".2f") for h, w in NOISE_SIZES],
+                     *[fmt(pooled(b, "noise/", within=f"-x{g}/"), ".2f") for g in GRAINS if g > 1]])
     header = ["network", "DSB bg inpainted: all (fluorescence / others)", "DSB bg + speckle",
-              *[f"noise {k}" for k in kinds], *[f"noise {w}x{h}" for h, w in NOISE_SIZES]]
+              *[f"noise {k}" for k in kinds], *[f"noise {w}x{h}" for h, w in NOISE_SIZES],
+              *[f"noise, {g} px grains" for g in GRAINS if g > 1]]
     return markdown_table(header, rows)
 
 
@@ -560,8 +567,11 @@ def method_lines(meta: dict) -> list[str]:
         f"(sigma {SPECKLE_SIGMA}) and read noise (sigma {READ_NOISE} grey levels) added; DSB masks miss some faint "
         "nuclei, which stay and may be counted. \"noise\": "
         f"flat 8-bit mono frames at level {NOISE_LEVELS['dark']} (dark) and {NOISE_LEVELS['bright']} (bright), "
-        f"Gaussian (sigma {GAUSS_SIGMA}) or Poisson noise, 256x256 and 640x480, {q['noise_frames']} of each "
-        f"(seed {SEED}). Each frame planned on its own.",
+        f"Gaussian (sigma {GAUSS_SIGMA}) or Poisson noise, "
+        f"{', '.join(f'{w}x{h}' for h, w in NOISE_SIZES)}, with grains of "
+        f"{' or '.join(str(g) for g in GRAINS)} px (drawn at 1/4 size and enlarged: a digital zoom), "
+        f"{q['noise_frames']} of each (seed {SEED}); the columns pool over the others. Each frame planned on its "
+        "own.",
         "",
         f"Magnification: the shipped clip ({meta['n_clip']} frames, {meta['clip_size']}) and the DSB test images "
         "resized x0.5 / x1 / x2 / x4 (INTER_AREA down, INTER_LINEAR up); mean count per frame with `edgeseg "
