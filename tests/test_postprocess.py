@@ -404,6 +404,17 @@ def test_stained_frames_get_their_own_instance_step():
         PostprocessConfig(stained={"method": "magic"})
 
 
+def test_stained_frames_keep_a_weaker_object_filter_than_the_others():
+    labels = np.zeros((80, 80), np.int32)
+    cv2.circle(labels, (40, 40), 10, 1, -1)
+    probs = np.stack([(labels > 0).astype(np.float32) * 0.65, np.zeros((80, 80), np.float32)])  # an unsure one
+    cfg = PostprocessConfig("cc", 0.5, min_confidence=0.8, stained={"min_confidence": 0.6})
+    grey = np.full((80, 80, 3), 40, np.uint8)
+    pink = np.dstack([np.full((80, 80), v, np.uint8) for v in (230, 150, 200)])
+    assert postprocess(probs, (80, 80), cfg, grey)[1].max() == 0  # fluorescence: dropped for its confidence
+    assert postprocess(probs, (80, 80), cfg, pink)[1].max() == 1  # dense tissue: its own, weaker filter keeps it
+
+
 def test_watershed_on_windows_around_the_nuclei_gives_the_whole_frame_labels(monkeypatch):
     """A 480x640 frame with a few clumps of touching nuclei (one on the border, one with a small nucleus beside a
     big one, a lone speck): run on the windows around them or on the whole frame, the labels are the same, numbers
