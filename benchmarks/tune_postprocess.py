@@ -221,21 +221,21 @@ def true_counts(data: dict) -> dict:
             "monuseg": float(np.mean([g.max() for g in data["monuseg_gt"]]))}
 
 
-def with_filter(post: dict, preds: dict, shapes: dict, data: dict, counts: dict, cc_mae: float | None = None,
+def with_filter(post: dict, best_ls: dict, data: dict, counts: dict, cc_mae: float | None = None,
                 stained_filter: tuple[float, float] | None = None,
                 types: dict | None = None) -> tuple[dict, list, dict]:
-    """The object filter on top of the instance step ``post``: every (min_confidence, min_contrast) of the grid
-    scored, :func:`choose_filter`'s pick; returns (``post`` with it, the grid, the pick). With ``stained_filter``
-    (min_confidence, min_contrast) the grid's filter applies to the frames that are not stained (``types``: per
-    part, True for a stained frame) and stained frames keep ``stained_filter``, written into ``post``'s stained
-    overrides where the pick differs from it."""
-    best_ls = {k: scored(preds[k], shapes[k], post) for k in shapes}
-    fixed = None if stained_filter is None else {k: filtered(best_ls[k], *stained_filter) for k in shapes}
+    """The object filter on top of the instance step ``post`` (``best_ls``: its unfiltered labels and object scores
+    per part, :func:`scored`): every (min_confidence, min_contrast) of the grid scored, :func:`choose_filter`'s
+    pick; returns (``post`` with it, the grid, the pick). With ``stained_filter`` (min_confidence, min_contrast)
+    the grid's filter applies to the frames that are not stained (``types``: per part, True for a stained frame)
+    and stained frames keep ``stained_filter``, written into ``post``'s stained overrides where the pick differs
+    from it."""
+    fixed = None if stained_filter is None else {k: filtered(ls, *stained_filter) for k, ls in best_ls.items()}
     filters = []
     for conf, contrast in itertools.product(MIN_CONFIDENCES, MIN_CONTRASTS):
-        labs = {k: filtered(best_ls[k], conf, contrast) for k in shapes}
+        labs = {k: filtered(ls, conf, contrast) for k, ls in best_ls.items()}
         if fixed is not None:
-            labs = {k: mixed(labs[k], fixed[k], types[k]) for k in shapes}
+            labs = {k: mixed(labs[k], fixed[k], types[k]) for k in labs}
         filters.append({"min_confidence": conf, "min_contrast": contrast,
                         "dsb": accuracy(labs["dsb"], data["dsb_gt"]),
                         "monuseg": accuracy(labs["monuseg"], data["monuseg_gt"]),
@@ -274,7 +274,12 @@ def tune(network: str, path: Path, card, data: dict, preds: dict) -> dict:
     #    the stained images, among those that count MoNuSeg no worse than the general step (no worse than cc where
     #    the whole pipeline, filter included, counts MoNuSeg worse than cc; the lowest MoNuSeg MAE if none does),
     #    then the filter chosen again on the pair
-    post, filters, chosen = with_filter(dict(general["post"]), preds, shapes, data, counts, cc_mae)
+    def labels_scores(cfg: dict) -> dict:
+        return {k: scored(preds[k], shapes[k], cfg) for k in shapes}
+
+    post = dict(general["post"])
+    best_ls = labels_scores(post)
+    post, filters, chosen = with_filter(post, best_ls, data, counts, cc_mae)
     bound = cc_mae if chosen["monuseg"]["count_mae"] > cc_mae else general["monuseg"]["count_mae"]
     pairs = [(c, evaluate_pair(general, c, types)) for c in cands]
     ok = [pc for pc in pairs if pc[1]["monuseg"]["count_mae"] <= bound]
@@ -283,12 +288,13 @@ def tune(network: str, path: Path, card, data: dict, preds: dict) -> dict:
                else min(pairs, key=lambda pc: pc[1]["monuseg"]["count_mae"]))[0]
     if stained is not general:
         override = {k: v for k, v in stained["post"].items() if v != general["post"].get(k)}
-        post, filters, chosen = with_filter({**general["post"], "stained": override}, preds, shapes, data, counts,
-                                            cc_mae)
+        post = {**general["post"], "stained": override}
+        best_ls = labels_scores(post)
+        post, filters, chosen = with_filter(post, best_ls, data, counts, cc_mae)
     # 4. the frames that are not stained get their own filter: stained frames keep the one just chosen (so MoNuSeg
     #    val counts as above), the others take the grid's pick under the same rule (the DSB val tolerances)
     joint, joint_filters = chosen, filters
-    post, filters, chosen = with_filter({k: v for k, v in post.items() if k not in FILTER_KEYS}, preds, shapes, data,
+    post, filters, chosen = with_filter({k: v for k, v in post.items() if k not in FILTER_KEYS}, best_ls, data,
                                         counts, cc_mae, (joint["min_confidence"], joint["min_contrast"]), types)
     best = {"post": {k: v for k, v in post.items() if k not in FILTER_KEYS}, **evaluate_pair(general, stained, types)}
     say(f"{network}: instance step {best['post']} (DSB F1 {best['dsb']['f1_50']:.3f}, MoNuSeg MAE "
