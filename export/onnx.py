@@ -2,7 +2,8 @@
 
 The exported graph follows the contract of :mod:`edgeseg.backends`: one input ``image`` (float32
 N x 3 x S x S, the output of :func:`edgeseg.preprocess.preprocess`; the batch may be dynamic), and
-probability outputs ``foreground`` (N x 1 x S x S) and, for a two-channel model, ``boundary``.
+probabilities out: ``foreground`` (N x 1 x S x S) for a one-channel model, else one output ``probabilities``
+(N x C x S x S, the channels in the card's "outputs" order: foreground, boundary).
 The card travels in ``metadata_props["edgeseg_card"]``.
 
 :func:`logit_parity` is the check that follows the conversion: the largest |logit difference| between
@@ -20,6 +21,7 @@ import onnx
 import torch
 from torch import nn
 
+from edgeseg.backends import STACKED_OUTPUT
 from edgeseg.card import CARD_METADATA_KEY
 from edgeseg.errors import ModelError
 
@@ -30,7 +32,7 @@ PARITY_TOLERANCE = 1e-4
 
 
 def output_names(card: dict) -> list[str]:
-    """The graph's output names for a card: its "outputs", or one name per output channel."""
+    """The channel names of a card: its "outputs", or one name per output channel."""
     n = int(card.get("out_channels", 1))
     names = list(card.get("outputs") or CHANNEL_NAMES[:n])
     if len(names) != n:
@@ -40,19 +42,24 @@ def output_names(card: dict) -> list[str]:
     return names
 
 
-class Probabilities(nn.Module):
-    """A network's logits -> sigmoid probabilities, one output tensor per channel."""
+def graph_outputs(card: dict) -> list[str]:
+    """The exported graph's outputs: ``foreground`` for a one-channel model, else the one output
+    :data:`~edgeseg.backends.STACKED_OUTPUT` (N x C x S x S, the channels in the card's "outputs" order): the
+    runtime wants one array, and splitting it in the graph to join it again in the backend cost the real-time
+    network 5-7 % of its INT8 inference."""
+    names = output_names(card)
+    return names if len(names) == 1 else [STACKED_OUTPUT]
 
-    def __init__(self, net: nn.Module, channels: int):
+
+class Probabilities(nn.Module):
+    """A network's logits -> sigmoid probabilities, all channels in one tensor."""
+
+    def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
-        self.channels = channels
 
-    def forward(self, x: torch.Tensor):
-        p = torch.sigmoid(self.net(x))
-        if self.channels == 1:
-            return p
-        return tuple(p[:, i : i + 1] for i in range(self.channels))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(x))
 
 
 def embedded_card(card: dict) -> str:
@@ -114,11 +121,11 @@ def torch_to_onnx(
         raise ModelError(f"ONNX opset {opset} is too old", "use opset 17 or newer")
     from edgeseg.train.models import reparameterize
 
-    names = output_names(card)
+    names = graph_outputs(card)
     size = [int(s) for s in card.get("input_size", (256, 256))]
     if not fp16_storage:  # the inference form folds BatchNorm into new weights: not for exact float16 storage
         net = reparameterize(net, None if example is None else torch.from_numpy(np.asarray(example)))
-    wrapper = Probabilities(net.eval(), len(names)).eval()
+    wrapper = Probabilities(net.eval()).eval()
     dummy = torch.zeros(1, 3, *size)
     axes = {n: {0: "batch"} for n in [INPUT_NAME, *names]} if dynamic_batch else None
     with warnings.catch_warnings(), torch.no_grad():

@@ -312,7 +312,7 @@ def openvino_dice_metric(threshold: float) -> Callable:
     from edgeseg.metrics import dice
 
     def metric(compiled, items) -> float:
-        out = compiled.output("foreground")
+        out = compiled.output(0)  # foreground, alone or as channel 0 of "probabilities"
         scores = [dice(np.asarray(compiled(x)[out])[0, 0] > threshold, gt) for x, gt in items]
         return float(np.mean(scores))
 

@@ -59,12 +59,14 @@ def write_disc_pair(folder: Path, name: str, size=(64, 80), centres=((20, 20), (
     return labels
 
 
-def write_threshold_onnx(path: Path, card: dict | None = None, out_channels: int = 1, size=256, dynamic_hw=False):
+def write_threshold_onnx(path: Path, card: dict | None = None, out_channels: int = 1, size=256, dynamic_hw=False,
+                         stacked=False):
     """A real (tiny) exported model, built with onnx.helper: foreground = sigmoid(8 * (mean(image) - 0.5)).
 
     A pixel-wise model sees the same thing at every scale, so tiled and untiled inference must agree.
-    The second output (``boundary``) of a two-channel model is the foreground's complement. The card goes
-    into ``metadata_props`` and beside the file, as ``edgeseg export`` does. Returns the path.
+    The second output (``boundary``) of a two-channel model is the foreground's complement; ``stacked``: both
+    channels in the one output ``probabilities``, as ``edgeseg export`` writes them. The card goes into
+    ``metadata_props`` and beside the file, as ``edgeseg export`` does. Returns the path.
     """
     import json
 
@@ -91,6 +93,9 @@ def write_threshold_onnx(path: Path, card: dict | None = None, out_channels: int
         nodes.append(helper.make_node("Sub", ["one", "foreground"], ["boundary"]))
         inits.append(helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]))
         outputs.append(helper.make_tensor_value_info("boundary", TensorProto.FLOAT, ["N", 1, h, w]))
+        if stacked:
+            nodes.append(helper.make_node("Concat", ["foreground", "boundary"], ["probabilities"], axis=1))
+            outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2, h, w])]
     graph = helper.make_graph(
         nodes, "threshold", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, h, w])], outputs, inits
     )

@@ -30,6 +30,18 @@ def test_both_backends_give_the_same_probabilities_in_contract_order(tmp_path):
     np.testing.assert_allclose(fg + boundary, 1.0, atol=1e-6)
 
 
+def test_one_stacked_output_gives_the_same_channels_as_one_output_a_channel(tmp_path):
+    x = preprocess(_frame())
+    apart = write_threshold_onnx(tmp_path / "apart.onnx", out_channels=2)
+    stacked = write_threshold_onnx(tmp_path / "stacked.onnx", out_channels=2, stacked=True)
+    for name in ("onnxruntime", "openvino"):
+        opts = {"inference_precision": "fp32"} if name == "openvino" else {}
+        a, s = (open_backend(p, name, threads=1, **opts) for p in (apart, stacked))
+        assert s.output_names == a.output_names == ["foreground", "boundary"]
+        np.testing.assert_array_equal(s(x), a(x))
+        assert s(x)[0, 0, 120, 90] > 0.99 and s(x)[0, 1, 120, 90] < 0.01  # channel 0 is the foreground
+
+
 def test_a_batch_of_two_frames_gives_two_results(tmp_path):
     path = write_threshold_onnx(tmp_path / "m.onnx")
     be = open_backend(path, threads=1)

@@ -93,12 +93,15 @@ def test_onnx_round_trip_matches_pytorch_on_real_images(fast_scnn, fp32_export):
     np.testing.assert_allclose(be(x[:2]), want, atol=1e-4)
 
 
-def test_two_channel_model_exports_foreground_and_boundary_outputs(tmp_path):
+def test_two_channel_model_exports_foreground_and_boundary_in_one_output(tmp_path):
     torch.manual_seed(0)
     net = build_model("half_unet", out_channels=2).eval()
     card = new_card("half_unet", out_channels=2, outputs=["foreground", "boundary"])
     path = torch_to_onnx(net, card, tmp_path / "two.onnx")
-    assert [o.name for o in onnx.load(str(path)).graph.output] == ["foreground", "boundary"]
+    graph = onnx.load(str(path)).graph
+    assert [o.name for o in graph.output] == ["probabilities"]
+    assert [n.op_type for n in graph.node][-1] == "Sigmoid"  # not split in the graph to be joined by the backend
+    assert open_backend(path).output_names == ["foreground", "boundary"]
     x = np.random.default_rng(0).normal(size=(1, 3, 256, 256)).astype(np.float32)
     with torch.no_grad():
         want = torch.sigmoid(net(torch.from_numpy(x))).numpy()

@@ -3,7 +3,10 @@
 A backend is a predictor (see :mod:`edgeseg.evaluate`): float32 ``N x 3 x H x W`` (the output of
 :func:`edgeseg.preprocess.preprocess`) in, float32 ``N x C x H x W`` probabilities out, with the channels in the
 order of :attr:`Backend.output_names` (``foreground``, then ``boundary`` for a model with the instance head).
-Exported files carry the sigmoid inside the graph.
+Exported files carry the sigmoid inside the graph. A graph gives its channels either as one output each (named
+``foreground``, ``boundary``: the earlier files) or as one output ``probabilities`` holding them all, in the order
+of its card's ``outputs`` (what the exporter writes for a model with more than one channel: the runtime wants one
+array, so the graph splitting it and the backend joining it again cost 5-7 % of a real-time network's inference).
 
 The registry maps a backend's name to its class: ``onnxruntime`` and ``openvino`` here, and whatever an installed
 package declares under the ``edgeseg.backends`` entry-point group (``edgeseg.train`` contributes ``torch`` for
@@ -41,6 +44,7 @@ NATIVE = {"onnx": "onnxruntime", "openvino": "openvino"}
 FIX_FOR_FORMAT = {"torch": "PyTorch checkpoints need torch: pip install 'edgeseg[train]', "
                            "or run an exported zoo variant (e.g. fast_scnn-int8)"}
 OUTPUT_ORDER = ("foreground", "boundary")
+STACKED_OUTPUT = "probabilities"  # one graph output, N x C x H x W: every channel, in the card's "outputs" order
 
 
 def default_threads() -> int:
@@ -103,6 +107,26 @@ def sorted_outputs(names: list[str]) -> list[str]:
     """Known outputs in the contract's order (foreground, boundary), unknown ones after them."""
     known = [n for n in OUTPUT_ORDER if n in names]
     return known + [n for n in names if n not in known]
+
+
+def channel_layout(graph_outputs: list[str], card=None, channels: int | None = None) -> tuple[list[str], list[str]]:
+    """(the graph outputs to fetch, in order; the channel names the joined result holds, in order).
+
+    A graph with the one output :data:`STACKED_OUTPUT` holds the channels its card's ``outputs`` names (``card``: a
+    card or its dict), else the first ``channels`` of :data:`OUTPUT_ORDER`; any other graph one channel an output.
+    """
+    if list(graph_outputs) == [STACKED_OUTPUT]:
+        listed = card.get("outputs") if isinstance(card, dict) else getattr(card, "outputs", None)
+        return [STACKED_OUTPUT], list(listed or OUTPUT_ORDER[: channels or len(OUTPUT_ORDER)])
+    fetch = sorted_outputs(list(graph_outputs))
+    return fetch, fetch
+
+
+def join_channels(arrays: list) -> np.ndarray:
+    """The fetched outputs as one float32 N x C x H x W array; a single float32 output is returned as it is."""
+    if len(arrays) == 1:
+        return np.asarray(arrays[0], np.float32)
+    return np.concatenate([np.asarray(a, np.float32) for a in arrays], axis=1)
 
 
 def json_or_none(text: str | None) -> dict | None:

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..card import CARD_METADATA_KEY
 from ..errors import ModelError
-from . import Backend, default_threads, json_or_none, sorted_outputs
+from . import Backend, channel_layout, default_threads, join_channels, json_or_none
 
 
 class OnnxRuntimeBackend(Backend):
@@ -32,17 +32,18 @@ class OnnxRuntimeBackend(Backend):
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_shape = tuple(d if isinstance(d, int) else -1 for d in inp.shape)
-        self.output_names = sorted_outputs([o.name for o in self.session.get_outputs()])
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         card = json_or_none(self.metadata.get(CARD_METADATA_KEY))
+        outs = self.session.get_outputs()
+        width = outs[0].shape[1] if len(outs[0].shape) > 1 and isinstance(outs[0].shape[1], int) else None
+        self._fetch, self.output_names = channel_layout([o.name for o in outs], card or self.card, width)
         # ONNX Runtime's CPU provider runs QDQ int8 graphs with integer kernels and everything else in fp32
         # (fp16 weights are up-cast); there is no hidden bf16 mode as in OpenVINO.
         self.executed_precision = "int8" if (card or {}).get("precision") == "int8" else "fp32"
         self.details = {"provider": "CPUExecutionProvider", "onnxruntime": ort.__version__}
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        outs = self.session.run(self.output_names, {self.input_name: x})
-        return np.concatenate([np.asarray(o, np.float32) for o in outs], axis=1)
+        return join_channels(self.session.run(self._fetch, {self.input_name: x}))
 
     def close(self) -> None:
         self.session = None

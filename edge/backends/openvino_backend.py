@@ -8,7 +8,7 @@ import numpy as np
 
 from ..card import CARD_METADATA_KEY
 from ..errors import ModelError
-from . import OUTPUT_ORDER, Backend, default_threads, json_or_none, sorted_outputs
+from . import OUTPUT_ORDER, STACKED_OUTPUT, Backend, channel_layout, default_threads, join_channels, json_or_none
 
 _OV_TYPES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "i8": "int8", "u8": "int8"}
 # OpenVINO's ARM plug-in runs a file in fp16 by default. For an ONNX file that moves the counts: on the emulated
@@ -56,7 +56,10 @@ class OpenVinoBackend(Backend):
         self.input_name = inp.get_any_name()
         self.input_shape = tuple(d.get_length() if d.is_static else -1 for d in inp.get_partial_shape())
         self._outputs = {_output_name(o): o for o in self.compiled.outputs}
-        self.output_names = sorted_outputs(list(self._outputs))
+        shape = self.compiled.outputs[0].get_partial_shape()
+        width = shape[1].get_length() if len(shape) > 1 and shape[1].is_static else None
+        fetch, self.output_names = channel_layout(list(self._outputs), self.rt_card or card, width)
+        self._fetch = [self._outputs[n] for n in fetch]
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         hint = hint.to_string() if hasattr(hint, "to_string") else str(hint)
         float_precision = _OV_TYPES.get(hint, hint)
@@ -85,7 +88,7 @@ class OpenVinoBackend(Backend):
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         res = self.request.infer({self.input_name: x})
-        return np.concatenate([np.asarray(res[self._outputs[n]], np.float32) for n in self.output_names], axis=1)
+        return join_channels([res[o] for o in self._fetch])
 
     def close(self) -> None:
         self.request = self.compiled = None
@@ -115,7 +118,7 @@ def _what(exc: Exception) -> str:
 def _output_name(port) -> str:
     """A tensor may carry several names (``/Sigmoid_output_0`` and ``foreground``): prefer the contract's."""
     names = port.get_names()
-    for n in OUTPUT_ORDER:
+    for n in (*OUTPUT_ORDER, STACKED_OUTPUT):
         if n in names:
             return n
     return port.get_any_name()
