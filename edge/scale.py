@@ -55,6 +55,7 @@ import numpy as np
 
 from .data import image_type
 from .errors import EdgesegError
+from .otsu import MIN_SEPARATION, grey_of, otsu_split, separation
 from .postprocess import PostprocessConfig, cut_tiles, postprocess, stitch, tile_grid
 from .preprocess import resize_to
 
@@ -77,7 +78,6 @@ TRUST_RATIO = 2.0  # an image's measure this many times the network's overrules 
 CLASSICAL_MIN_AREA = 12  # Otsu components smaller than this (frame px) are noise, not nuclei
 SPECK_JUMP = 1.5  # a classical measure that grows this much when the frame is halved was one of specks
 CLASSICAL_MIN_SIDE = 64  # a frame is not halved below this many pixels a side for the classical measure
-MIN_SEPARATION = 4.0  # Otsu's classes this many background standard deviations apart, or it split noise
 
 Infer = Callable[[list[np.ndarray]], np.ndarray]  # uint8 RGB input-size tiles -> N x C x S x S probabilities
 
@@ -145,7 +145,7 @@ def classical_diameter(rgb: np.ndarray) -> float | None:
 
     if image_type(rgb[::4, ::4]) != "fluorescence":
         return None
-    grey = np.asarray(rgb, np.float32).mean(axis=2)
+    grey = grey_of(rgb)
     diameter, factor = otsu_diameter(grey), 1.0
     while diameter is not None and min(grey.shape) >= 2 * CLASSICAL_MIN_SIDE:
         grey = cv2.resize(grey, (grey.shape[1] // 2, grey.shape[0] // 2), interpolation=cv2.INTER_AREA)
@@ -161,8 +161,7 @@ def otsu_diameter(grey: np.ndarray) -> float | None:
     where the split does not separate its classes by MIN_SEPARATION (:func:`separation`: noise, not nuclei)."""
     import cv2
 
-    g = cv2.GaussianBlur(grey, (0, 0), 1.0)
-    _, fg = cv2.threshold(np.clip(g, 0, 255).astype(np.uint8), 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    g, fg = otsu_split(grey)
     if separation(g, fg) < MIN_SEPARATION:
         return None  # one population of noise cut in two, not nuclei against a background
     n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8, ltype=cv2.CV_32S)
@@ -170,24 +169,6 @@ def otsu_diameter(grey: np.ndarray) -> float | None:
     keep[0] = False
     lut = np.where(keep, np.cumsum(keep), 0).astype(np.int32)
     return typical_diameter(nucleus_widths(lut[labels], interior_only=True))
-
-
-def separation(grey: np.ndarray, fg: np.ndarray) -> float:
-    """How far apart a two-class split ``fg`` of ``grey`` leaves its classes: the difference of their means in
-    standard deviations of the background class (0 when a class is empty).
-
-    Otsu's threshold cuts any histogram in two, also that of a frame of noise alone, where its classes lie
-    2.5-2.9 background deviations apart (Gaussian or Poisson noise, any level, as grabbed or enlarged x2 / x4;
-    a normal distribution cut at its mean gives 2.66). Nuclei stand further from their background: every DSB2018
-    train and validation fluorescence image 4.5 or more (1 % under 5.3), the shipped clip 6.1 or more. Cut
-    noise, the classes' components are the noise's grains, which the width measure would take for nuclei of a
-    few pixels (a blank 128x128 frame was enlarged x1.68 for them, and ``half_unet`` counted 73 nuclei a frame
-    in such frames; with the check, 11)."""
-    fg = fg.astype(bool)
-    if fg.all() or not fg.any():
-        return 0.0
-    bg = grey[~fg]
-    return float((grey[fg].mean() - bg.mean()) / (bg.std() + 1e-6))
 
 
 def scaled_tiles(rgb: np.ndarray, scale: float, size: int) -> tuple[tuple[int, int], list, list[np.ndarray]]:
