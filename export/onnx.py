@@ -46,7 +46,7 @@ def graph_outputs(card: dict) -> list[str]:
     """The exported graph's outputs: ``foreground`` for a one-channel model, else the one output
     :data:`~edgeseg.backends.STACKED_OUTPUT` (N x C x S x S, the channels in the card's "outputs" order): the
     runtime wants one array, and splitting it in the graph to join it again in the backend cost the real-time
-    network 5-7 % of its INT8 inference."""
+    network 4-11 % of its INT8 inference in paired runs."""
     names = output_names(card)
     return names if len(names) == 1 else [STACKED_OUTPUT]
 

@@ -42,6 +42,21 @@ def test_one_stacked_output_gives_the_same_channels_as_one_output_a_channel(tmp_
         assert s(x)[0, 0, 120, 90] > 0.99 and s(x)[0, 1, 120, 90] < 0.01  # channel 0 is the foreground
 
 
+def test_a_stacked_output_whose_card_names_other_channels_is_a_one_line_error(tmp_path):
+    import onnx
+
+    from edgeseg.card import CARD_METADATA_KEY
+
+    path = write_threshold_onnx(tmp_path / "m.onnx", out_channels=2, stacked=True)
+    model = onnx.load(str(path))
+    entry = next(p for p in model.metadata_props if p.key == CARD_METADATA_KEY)
+    entry.value = json.dumps({**json.loads(entry.value), "outputs": ["foreground", "boundary", "centre"]})
+    onnx.save(model, str(path))
+    for name in ("onnxruntime", "openvino"):  # OpenVINO reads no card from an .onnx: given the one inside
+        with pytest.raises(ModelError, match="holds 2 channels but its card names 3"):
+            open_backend(path, name, threads=1, card=read_embedded_card(path), fallback=False)
+
+
 def test_a_batch_of_two_frames_gives_two_results(tmp_path):
     path = write_threshold_onnx(tmp_path / "m.onnx")
     be = open_backend(path, threads=1)

@@ -6,7 +6,8 @@ order of :attr:`Backend.output_names` (``foreground``, then ``boundary`` for a m
 Exported files carry the sigmoid inside the graph. A graph gives its channels either as one output each (named
 ``foreground``, ``boundary``: the earlier files) or as one output ``probabilities`` holding them all, in the order
 of its card's ``outputs`` (what the exporter writes for a model with more than one channel: the runtime wants one
-array, so the graph splitting it and the backend joining it again cost 5-7 % of a real-time network's inference).
+array, so the graph splitting it and the backend joining it again cost a real-time network 4-11 % of its
+inference in paired runs).
 
 The registry maps a backend's name to its class: ``onnxruntime`` and ``openvino`` here, and whatever an installed
 package declares under the ``edgeseg.backends`` entry-point group (``edgeseg.train`` contributes ``torch`` for
@@ -117,7 +118,11 @@ def channel_layout(graph_outputs: list[str], card=None, channels: int | None = N
     """
     if list(graph_outputs) == [STACKED_OUTPUT]:
         listed = card.get("outputs") if isinstance(card, dict) else getattr(card, "outputs", None)
-        return [STACKED_OUTPUT], list(listed or OUTPUT_ORDER[: channels or len(OUTPUT_ORDER)])
+        names = list(listed or OUTPUT_ORDER[: channels or len(OUTPUT_ORDER)])
+        if channels is not None and channels != len(names):
+            raise ModelError(f"the model's output holds {channels} channels but its card names {len(names)} "
+                             f"({', '.join(names)})", "re-export the model so the file and its card match")
+        return [STACKED_OUTPUT], names
     fetch = sorted_outputs(list(graph_outputs))
     return fetch, fetch
 
