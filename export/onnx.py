@@ -21,20 +21,19 @@ import onnx
 import torch
 from torch import nn
 
-from edgeseg.backends import STACKED_OUTPUT
+from edgeseg.backends import OUTPUT_ORDER, STACKED_OUTPUT, join_channels
 from edgeseg.card import CARD_METADATA_KEY
 from edgeseg.errors import ModelError
 
 OPSET = 17
 INPUT_NAME = "image"
-CHANNEL_NAMES = ("foreground", "boundary")
 PARITY_TOLERANCE = 1e-4
 
 
 def output_names(card: dict) -> list[str]:
     """The channel names of a card: its "outputs", or one name per output channel."""
     n = int(card.get("out_channels", 1))
-    names = list(card.get("outputs") or CHANNEL_NAMES[:n])
+    names = list(card.get("outputs") or OUTPUT_ORDER[:n])
     if len(names) != n:
         raise ModelError(
             f"card lists {len(names)} outputs for {n} output channels", "fix the card's outputs/out_channels"
@@ -243,7 +242,7 @@ def logit_parity(net: nn.Module, onnx_path: str | Path, x: np.ndarray) -> dict:
     got_logits, got_probs = [], []
     for i in range(len(x)):  # one image at a time: the shipped graph's 1 x 3 x S x S case
         outs = sess.run(prob_names + logit_names, {INPUT_NAME: x[i : i + 1]})
-        got_probs.append(np.concatenate(outs[: len(prob_names)], axis=1))
+        got_probs.append(join_channels(outs[: len(prob_names)]))
         got_logits.append(outs[len(prob_names)])
     got_logits = np.concatenate(got_logits)
     got_probs = np.concatenate(got_probs)

@@ -55,11 +55,11 @@ class OpenVinoBackend(Backend):
         inp = self.compiled.inputs[0]
         self.input_name = inp.get_any_name()
         self.input_shape = tuple(d.get_length() if d.is_static else -1 for d in inp.get_partial_shape())
-        self._outputs = {_output_name(o): o for o in self.compiled.outputs}
+        ports = {_output_name(o): o for o in self.compiled.outputs}
         shape = self.compiled.outputs[0].get_partial_shape()
         width = shape[1].get_length() if len(shape) > 1 and shape[1].is_static else None
-        fetch, self.output_names = channel_layout(list(self._outputs), self.rt_card or card, width)
-        self._fetch = [self._outputs[n] for n in fetch]
+        fetch, self.output_names = channel_layout(list(ports), self.rt_card or card, width)
+        self._fetch = [ports[n] for n in fetch]
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         hint = hint.to_string() if hasattr(hint, "to_string") else str(hint)
         float_precision = _OV_TYPES.get(hint, hint)
